@@ -1,0 +1,111 @@
+"""One grid cell: data -> teacher context -> base evaluation -> training -> evaluation -> database -> summary."""
+
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from ablate import data, evaluate, models, record, train
+
+log = logging.getLogger(__name__)
+
+AXES = ("richness", "coverage", "model", "objective")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _base_key(cfg: dict, model_path) -> str:
+    """Base evaluations are shared by every cell with the same model, eval settings and eval problems."""
+    blob = {"model": cfg["model"], "model_path": str(model_path), "eval": cfg["eval"],
+            "in_domain": {k: cfg["data"][k] for k in ("source", "heldout", "heldout_seed")}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, reward_funcs=None) -> str:
+    """Run one cell and record it; returns its final status (completed | failed | interrupted)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    eng = record.engine(resolved["db"]["url"])
+    record.create_schema(eng)
+    run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved, seed=resolved["seed"],
+                              axes={a: resolved[a]["name"] for a in AXES})
+    try:
+        _run(resolved, eng, run_id, output_dir, reward_funcs)
+        return "completed"
+    except KeyboardInterrupt as err:
+        record.end_run(eng, run_id, "interrupted", "KeyboardInterrupt\n" + traceback.format_exc())
+        raise SystemExit(130) from err
+    except Exception as err:  # one failing cell must not stop a sweep: record it and move on
+        record.end_run(eng, run_id, "failed", _one_line(err) + "\n" + traceback.format_exc())
+        print(f"ablate: run {run_id} failed: {_one_line(err)}", file=sys.stderr)
+        return "failed"
+
+
+def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> None:
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    set_seed(cfg["seed"])
+    # 1. problems: training pool and in-domain held-out split, coverage subset, out-of-domain suites
+    pool, heldout = data.split_heldout(data.load(cfg["data"]["source"], "data.source"), cfg["data"]["heldout"],
+                                       cfg["data"]["heldout_seed"])
+    cov = cfg["coverage"]
+    train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
+    suites = {"in_domain": heldout, **{name: data.load(spec, f"eval.suites.{name}")
+                                       for name, spec in cfg["eval"]["suites"].items()}}
+    # 2. the starting model, and its evaluation (shared by cells with the same model and eval settings)
+    model_path = models.resolve_path(cfg["model"], cfg["data"], cfg["cache_dir"])
+    model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
+    chat_kwargs = cfg["model"].get("chat_template_kwargs") or {}
+    key = _base_key(cfg, model_path)
+    base_id = record.find_base_evaluation(eng, key)
+    if base_id is None:
+        base = evaluate.evaluate(model, tokenizer, suites, cfg["eval"], chat_kwargs, "base")
+        base_id = record.save_evaluation(eng, stage="base", key=key, samples=base["samples"], metrics=base["metrics"],
+                                         settings={"eval": cfg["eval"], "model": cfg["model"]}, seconds=base["seconds"])
+    del model
+    # 3. training with the objective; the teacher's context by richness
+    set_seed(cfg["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trained, steps = train.train(cfg, model_path, tokenizer, train_problems, output_dir or tmp, reward_funcs)
+    # 4. evaluation of the trained model, then one write of everything
+    result = evaluate.evaluate(trained, tokenizer, suites, cfg["eval"], chat_kwargs, "trained")
+    result["settings"] = {"eval": cfg["eval"]}
+    record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)
+    print(summary(eng, run_id))
+
+
+def summary(eng, run_id: int) -> str:
+    """A one-screen summary of a recorded run: per eval set, base -> trained."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    with Session(eng) as s:
+        run = s.get(record.Run, run_id)
+        trained_id = s.scalar(select(record.Evaluation.id).where(record.Evaluation.run_id == run_id))
+        rows = s.execute(select(record.Metric.evaluation_id, record.Metric.eval_set, record.Metric.name,
+                                record.Metric.value)
+                         .where(record.Metric.evaluation_id.in_([run.base_evaluation_id, trained_id]))).all()
+    table: dict = {}
+    for ev_id, eval_set, name, value in rows:
+        table.setdefault(eval_set, {})[(name, "base" if ev_id == run.base_evaluation_id else "trained")] = value
+    cols = [("accuracy", "acc", "{:.3f}"), ("pass_at_k", "pass@k", "{:.3f}"), ("mean_length", "length", "{:.1f}"),
+            ("markers_per_response", "markers/resp", "{:.2f}")]
+    lines = [f"run {run.id} [{run.status}] richness={run.richness} coverage={run.coverage} model={run.model} "
+             f"objective={run.objective} seed={run.seed} config={run.config_hash}",
+             f"{'eval set':<12}" + "".join(f"{label:>22}" for _, label, _ in cols)]
+    for eval_set, vals in table.items():
+        cells = []
+        for name, _, fmt in cols:
+            b, t = vals.get((name, "base")), vals.get((name, "trained"))
+            cells.append(f"{(fmt.format(b) if b is not None else '-') + ' -> ' + (fmt.format(t) if t is not None else '-'):>22}")
+        lines.append(f"{eval_set:<12}" + "".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Answer grading: math-verify on the boxed answer, plus a plain boxed exact-match column."""
+
+from math_verify import LatexExtractionConfig, parse, verify
+from math_verify.errors import TimeoutException
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} in `text` (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
+def _normalize(answer: str) -> str:
+    return answer.strip().strip("$").replace(" ", "").rstrip(".")
+
+
+def exact_match(completion: str, gold: str) -> bool:
+    """The last boxed answer equals the gold answer as a string (whitespace and $ ignored)."""
+    boxed = last_boxed(after_thinking(completion))
+    return boxed is not None and _normalize(boxed) == _normalize(gold)
+
+
+def after_thinking(text: str) -> str:
+    """The part of a response after its reasoning (after the last </think>, if any)."""
+    return text.rsplit("</think>", 1)[-1]
+
+
+def is_correct(completion: str, gold: str) -> bool:
+    """math-verify: the last \\boxed{} answer after the thinking equals `gold` mathematically.
+
+    A response without a boxed answer is wrong. math-verify's timeouts use SIGALRM, which works on the
+    main thread only (elsewhere they are skipped); its TimeoutException derives from BaseException, so it is
+    caught by name.
+    """
+    boxed = last_boxed(after_thinking(completion))
+    if boxed is None:
+        return False
+    gold_text = gold if "\\boxed" in gold or "$" in gold else f"${gold}$"
+    try:
+        gold_parsed = parse(gold_text)
+        pred = parse(f"\\boxed{{{boxed}}}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)])
+        if not gold_parsed or not pred:
+            return _normalize(boxed) == _normalize(gold)
+        return bool(verify(gold_parsed, pred))
+    except TimeoutException:
+        return False
+
+
+def reward(completions, answer, **_) -> list[float]:
+    """TRL reward function: 1.0 for a correct answer, else 0.0 (the paper's binary reward)."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(is_correct(t, a)) for t, a in zip(texts, answer, strict=True)]

@@ -1,0 +1,205 @@
+"""Training: one TRL trainer per objective, with the teacher's context set by richness."""
+
+import dataclasses
+import difflib
+import math
+import os
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # noqa: E402
+from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder  # noqa: E402
+from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
+from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
+
+from ablate import grading, teacher  # noqa: E402
+from ablate.data import Problem  # noqa: E402
+
+TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer)}
+# Sent to SDPO as "environment feedback" so that, with richness none and a dataset source, every sample is
+# distilled; the builder below ignores its text.
+_NO_CONTEXT = "(no context)"
+
+
+class TeacherContextTooLong(ValueError):
+    pass
+
+
+def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
+    """(TRL config class, its kwargs): trainer < model.trainer < objective.trainer, checked against the class."""
+    kind = cfg["objective"]["trainer_class"]
+    if kind not in TRAINERS:
+        raise ValueError(f"objective.trainer_class={kind!r}: choose from {', '.join(TRAINERS)}")
+    config_cls = TRAINERS[kind][0]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    known = set().union(*({f.name for f in dataclasses.fields(c)} for c, _ in TRAINERS.values()))
+    kwargs: dict = {}
+    for section, values, strict in (("trainer", cfg["trainer"], False), ("model.trainer", cfg["model"].get("trainer"), False),
+                                    ("objective.trainer", cfg["objective"]["trainer"], True)):
+        for key, value in (values or {}).items():
+            if key in fields:
+                kwargs[key] = value
+            elif strict or key not in known:  # shared sections may hold fields of another objective's trainer
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ValueError(f"{section}.{key}: not a field of {config_cls.__name__}{hint}")
+    kwargs.update(output_dir=output_dir, seed=cfg["seed"], use_cpu=not torch.cuda.is_available())
+    if kind == "sdpo":
+        # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
+        # for the prompt, a full-length demonstration and the template.
+        kwargs.setdefault("max_reprompt_len", (kwargs.get("max_prompt_length") or 2048)
+                          + (kwargs.get("max_completion_length") or 1024) + 64)
+        kwargs.update(solution_template="{successful_previous_attempt}", feedback_template="{feedback_raw}",
+                      use_successful_as_teacher=cfg["richness"]["source"] == "sibling",
+                      include_environment_feedback=cfg["richness"]["source"] == "reference")
+    if kind == "sdft":
+        kwargs["teacher_prompt_template"] = "{prompt}{privileged_context}"  # unused: RichnessSDFTBuilder composes
+    return config_cls, kwargs
+
+
+def dataset_rows(problems: list[Problem], richness: dict, tcfg: dict) -> list[dict]:
+    """Training rows: chat prompt, gold answer and, for a dataset-sourced teacher, the privileged context."""
+    rows = []
+    for p in problems:
+        row = {"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer, "problem_id": p.id}
+        if richness["source"] == "reference":
+            try:
+                context = teacher.context_text(p.solution, richness["content"], p.answer, tcfg["answer_template"])
+            except ValueError as err:
+                raise ValueError(f"richness={richness['name']} with source=reference: problem {p.id}: {err}; "
+                                 "use a data set with reference solutions or richness.source=sibling") from None
+            row["privileged_context"] = _NO_CONTEXT if context is None else context
+        rows.append(row)
+    return rows
+
+
+class _RichnessMixin:
+    """Builds the teacher prompt with ablate.teacher and refuses to truncate it."""
+
+    def _teacher_text(self, prompt_text: str, context: str) -> str:
+        r, t = self.richness, self.tcfg
+        if r["content"] == "none":
+            return prompt_text
+        if r["source"] == "sibling":  # `context` is a raw successful sibling rollout
+            return teacher.teacher_prompt(prompt_text, context, r["content"], None, t["template"], t["answer_template"])
+        return t["template"].format(prompt=prompt_text, context=context)  # already cut to richness
+
+    def _check_lengths(self, ids_list: list[list[int]], limit: int | None) -> None:
+        lengths = [len(ids) for ids in ids_list]
+        if limit is not None and max(lengths) > limit:
+            raise TeacherContextTooLong(
+                f"a teacher prompt has {max(lengths)} tokens > max_prompt_length={limit}: TRL would silently "
+                "truncate the privileged context; raise trainer.max_prompt_length or use a lower richness")
+        metrics = self.trainer._metrics["train" if self.trainer.model.training else "eval"]
+        if lengths:  # teacher-context token lengths, logged with TRL's metrics each step
+            metrics["teacher/prompt_tokens_mean"].append(sum(lengths) / len(lengths))
+            metrics["teacher/prompt_tokens_max"].append(float(max(lengths)))
+
+
+class RichnessSDPOBuilder(_RichnessMixin, SuccessfulRolloutTeacherContextBuilder):
+    def __init__(self, trainer, richness: dict, tcfg: dict):
+        super().__init__(trainer)
+        self.richness, self.tcfg = richness, tcfg
+
+    def _build_reprompt_text(self, prompt_text: str, solution_text: str, feedback_text: str) -> str:
+        return self._teacher_text(prompt_text, solution_text or feedback_text)
+
+    def _tokenize_teacher_messages(self, teacher_messages_list):
+        ids = self.trainer._tokenize_prompts_untruncated(teacher_messages_list)
+        self._check_lengths(ids, self.trainer.args.max_reprompt_len)
+        return super()._tokenize_teacher_messages(teacher_messages_list)
+
+
+class RichnessSDFTBuilder(_RichnessMixin, DemonstrationTeacherContextBuilder):
+    def __init__(self, trainer, richness: dict, tcfg: dict):
+        super().__init__(trainer)
+        self.richness, self.tcfg = richness, tcfg
+
+    def _compose_teacher_prompt(self, prompt, privileged_context):
+        text = self._teacher_text(prompt[-1]["content"], privileged_context)
+        return prompt[:-1] + [{"role": "user", "content": text}]
+
+    def build(self, prompts, privileged_contexts, completion_ids, completion_mask):
+        teacher_prompts = [self._compose_teacher_prompt(p, c) for p, c in zip(prompts, privileged_contexts, strict=True)]
+        tok = self.trainer.processing_class
+        ids = tok.apply_chat_template(teacher_prompts, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                      **self.trainer.chat_template_kwargs)["input_ids"]
+        self._check_lengths(ids, self.trainer.args.max_prompt_length)
+        return super().build(prompts, privileged_contexts, completion_ids, completion_mask)
+
+
+class QuietProgress(ProgressCallback):
+    """The step progress bar without a dict printed per step (the numbers go to the database)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class StepRecorder(TrainerCallback):
+    """Collects every number the trainer logs, by step, for the train_steps table."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for name, value in (logs or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.rows.append({"step": state.global_step, "name": name,
+                                  "value": None if math.isnan(float(value)) else float(value)})
+
+
+def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str,
+                  reward_funcs=None, callbacks=()):
+    """The TRL trainer for cfg.objective on `problems`, teacher context by cfg.richness."""
+    config_cls, kwargs = trainer_args(cfg, output_dir)
+    trainer_cls = TRAINERS[cfg["objective"]["trainer_class"]][1]
+    args = config_cls(**kwargs)
+    rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
+    common = dict(model=str(model_path), args=args, train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer, callbacks=list(callbacks))
+    if trainer_cls is SDFTTrainer:
+        if "privileged_context" not in rows[0]:
+            raise ValueError(f"objective={cfg['objective']['name']} reads its teacher context from the dataset: "
+                             "set richness.source=reference")
+        trainer = trainer_cls(**common)
+        trainer.teacher_context_builder = RichnessSDFTBuilder(trainer, cfg["richness"], cfg["teacher"])
+    else:
+        trainer = trainer_cls(reward_funcs=reward_funcs or [grading.reward], **common)
+        if trainer_cls is SDPOTrainer:
+            trainer.teacher_context_builder = RichnessSDPOBuilder(trainer, cfg["richness"], cfg["teacher"])
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress)
+    return trainer
+
+
+def check_teacher_prompts(cfg: dict, tokenizer, problems: list[Problem], limit: int | None) -> None:
+    """Before training, fail if a dataset-sourced teacher prompt would be truncated to `limit` tokens."""
+    r, t = cfg["richness"], cfg["teacher"]
+    if limit is None or cfg["objective"]["trainer_class"] == "grpo" or r["source"] != "reference":
+        return
+    rows = dataset_rows(problems, r, t)
+    texts = [[{"role": "user", "content": t["template"].format(prompt=row["prompt"][0]["content"],
+                                                              context=row["privileged_context"])}] for row in rows]
+    ids = tokenizer.apply_chat_template(texts, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        **(cfg["model"].get("chat_template_kwargs") or {}))["input_ids"]
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    if len(ids[longest]) > limit:
+        raise TeacherContextTooLong(
+            f"problem {rows[longest]['problem_id']}: teacher prompt has {len(ids[longest])} tokens > "
+            f"max_prompt_length={limit}: TRL would silently truncate the privileged context; raise "
+            "trainer.max_prompt_length or use a lower richness")
+
+
+def train(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str, reward_funcs=None):
+    """Train with cfg.objective; returns (trained model, per-step log rows)."""
+    recorder = StepRecorder()
+    trainer = build_trainer(cfg, model_path, tokenizer, problems, output_dir, reward_funcs, [recorder])
+    check_teacher_prompts(cfg, tokenizer, problems, getattr(trainer.args, "max_prompt_length", None))
+    trainer.train()
+    return trainer.model, recorder.rows
