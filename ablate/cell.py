@@ -55,14 +55,15 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
         torch.set_num_threads(cfg["threads"])
     set_seed(cfg["seed"])
     # 1. problems: training pool and in-domain held-out split, coverage subset, out-of-domain suites
-    pool, heldout = data.split_heldout(data.load(cfg["data"]["source"], "data.source"), cfg["data"]["heldout"],
+    pool, heldout = data.split_heldout(data.load(cfg["data"]["source"], "data.source", cfg["data"]["name"]), cfg["data"]["heldout"],
                                        cfg["data"]["heldout_seed"])
     cov = cfg["coverage"]
     train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
-    suites = {"in_domain": heldout, **{name: data.load(spec, f"eval.suites.{name}")
+    suites = {"in_domain": heldout, **{name: data.load(spec, f"eval.suites.{name}", name)
                                        for name, spec in cfg["eval"]["suites"].items()}}
     # 2. the starting model, and its evaluation (shared by cells with the same model and eval settings)
-    model_path = models.resolve_path(cfg["model"], cfg["data"], cfg["cache_dir"])
+    eval_prompts = frozenset(p.prompt for problems in suites.values() for p in problems)
+    model_path = models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)
     model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
     chat_kwargs = cfg["model"].get("chat_template_kwargs") or {}
     key = _base_key(cfg, model_path)

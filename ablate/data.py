@@ -81,15 +81,18 @@ def read_jsonl(path: str, fields: dict[str, str | None], name: str) -> list[Prob
     return problems
 
 
-def load(spec: dict, name: str) -> list[Problem]:
-    """Problems described by one config block (`data.source` or an `eval.suites` entry)."""
+def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
+    """Problems described by one config block at `where` (`data.source` or an `eval.suites` entry).
+
+    `name` prefixes the ids of generated problems.
+    """
     kind = spec.get("kind")
     if kind == "arithmetic":
         return arithmetic(n=spec["n"], digits=spec["digits"], ops=tuple(spec["ops"]), terms=spec.get("terms", 2),
-                          seed=spec["seed"], name=spec.get("name", name))
+                          seed=spec["seed"], name=name)
     if kind == "jsonl":
-        return read_jsonl(spec["path"], dict(spec["fields"]), name)
-    raise ValueError(f"{name}.kind={kind!r}: choose 'arithmetic' or 'jsonl'")
+        return read_jsonl(spec["path"], dict(spec["fields"]), where)
+    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic' or 'jsonl'")
 
 
 def split_heldout(problems: list[Problem], n_heldout: int, seed: int) -> tuple[list[Problem], list[Problem]]:

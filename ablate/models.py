@@ -39,19 +39,20 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def _tiny_key(cfg: dict, task) -> str:
-    blob = json.dumps({"model": cfg, "task": task}, sort_keys=True)
+def _tiny_key(cfg: dict, exclude: frozenset[str]) -> str:
+    blob = json.dumps({"build": cfg, "exclude": sorted(exclude)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def build_tiny(build: dict, task: dict | list[dict], cache_dir: str) -> Path:
+def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset()) -> Path:
     """Build (once, cached by config hash) a small Qwen3-architecture model and return its folder.
 
-    The model is initialised randomly, then warm-started with TRL's SFTTrainer on reference solutions of the
-    training task for `build.warmup_steps` steps, so that it answers in the task's format and rewards carry
-    signal. warmup_steps=0 keeps it random (tests).
+    The model is initialised randomly, then warm-started with TRL's SFTTrainer on the reference solutions of
+    `build.task` (a list of problem specs) for `build.warmup_steps` steps, so that it answers in the task's
+    format and rewards carry signal. Problems whose prompt is in `exclude` (the evaluation problems) are left
+    out of the warm-start, so evaluation never measures memorisation. warmup_steps=0 keeps it random (tests).
     """
-    key = _tiny_key(build, task)
+    key = _tiny_key(build, exclude)
     folder = Path(cache_dir).expanduser() / "models" / f"tiny-{key}"
     if (folder / "config.json").exists():
         return folder
@@ -69,18 +70,23 @@ def build_tiny(build: dict, task: dict | list[dict], cache_dir: str) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if build["warmup_steps"] > 0:
-        model = _warm_start(tmp, tokenizer, build, task)
+        model = _warm_start(tmp, tokenizer, build, exclude)
         model.save_pretrained(tmp)
     tmp.rename(folder)  # atomic: a half-built model is never picked up
     log.info("built tiny model (%d params) in %s", sum(p.numel() for p in model.parameters()), folder)
     return folder
 
 
-def _warm_start(folder: Path, tokenizer, build: dict, task):
+def warmup_problems(build: dict, exclude: frozenset[str]) -> list[data.Problem]:
+    """The warm-start problems: every `build.task` spec, less the excluded (evaluation) prompts."""
+    return [p for i, spec in enumerate(build["task"]) for p in data.load(spec, f"model.build.task[{i}]", f"warmup{i}")
+            if p.prompt not in exclude]
+
+
+def _warm_start(folder: Path, tokenizer, build: dict, exclude: frozenset[str]):
     from trl import SFTConfig, SFTTrainer
 
-    specs = task if isinstance(task, list) else [task]  # a mixture of task specs
-    problems = [p for i, spec in enumerate(specs) for p in data.load(spec, f"model.build.task[{i}]")]
+    problems = warmup_problems(build, exclude)
     rows = [{"prompt": [{"role": "user", "content": p.prompt}],
              "completion": [{"role": "assistant", "content": p.solution}]} for p in problems]
     args = SFTConfig(
@@ -95,11 +101,10 @@ def _warm_start(folder: Path, tokenizer, build: dict, task):
     return trainer.model
 
 
-def resolve_path(model_cfg: dict, data_cfg: dict, cache_dir: str) -> Path | str:
+def resolve_path(model_cfg: dict, cache_dir: str, exclude: frozenset[str] = frozenset()) -> Path | str:
     """The folder (or hub id) to load: builds the tiny model when `model.build` is set."""
     if model_cfg.get("build"):
-        task = model_cfg["build"].get("task") or data_cfg["source"]
-        return build_tiny(dict(model_cfg["build"]), task, cache_dir)
+        return build_tiny(dict(model_cfg["build"]), cache_dir, exclude)
     path = model_cfg.get("path")
     if not path:
         raise ValueError(f"model={model_cfg.get('name')}: set model.path to a local folder or a hub id")

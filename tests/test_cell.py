@@ -40,8 +40,9 @@ def test_failures_are_recorded_and_leave_other_rows_alone(fast_cfg, tmp_path, ca
     before = _rows(db, "select * from samples order by id")
     bad = [("coverage=seen_512", "coverage.unique=512 but the training pool has only"),
            ("model.build=null model.path=/no/such/model", "model.path=/no/such/model: no such folder"),
-           ("data=jsonl data.source.path=/no/such.jsonl", "does not exist"),
-           ("richness=medium objective=sdft data.source.n=50 trainer.max_prompt_length=20", "silently truncate")]
+           ("data.source.kind=jsonl +data.source.path=/no/such.jsonl +data.source.fields={prompt:q,answer:a}",
+            "/no/such.jsonl does not exist"),
+           ("richness=medium objective=sdft coverage=seen_8x8 trainer.max_prompt_length=20", "silently truncate")]
     for overrides, message in bad:
         assert cell.run(fast_cfg(*overrides.split())) == "failed"
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ablate:")]

@@ -55,3 +55,13 @@ def test_jsonl_loads_and_reports_missing_columns(tmp_path):
         read_jsonl(str(f), FIELDS, "data.source")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load({"kind": "jsonl", "path": str(tmp_path / "none.jsonl"), "fields": FIELDS}, "data.source")
+
+
+def test_warm_start_never_sees_evaluation_problems():
+    from ablate.models import warmup_problems
+
+    build = {"task": [{"kind": "arithmetic", "n": 60, "digits": 1, "ops": ["+"], "terms": 2, "seed": 100}]}
+    everything = {p.prompt for p in warmup_problems(build, frozenset())}
+    held = frozenset(p.prompt for p in arithmetic(20, digits=1, ops=("+",), seed=0))
+    assert everything & held  # the one-digit space is small: the draws overlap...
+    assert not {p.prompt for p in warmup_problems(build, held)} & held  # ...and the overlap is removed

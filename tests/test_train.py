@@ -13,7 +13,7 @@ OBJECTIVES = ["grpo", "sdpo", "sdpo_hybrid", "sdft"]
 
 def _setup(fast_cfg, tmp_path, *overrides):
     cfg = OmegaConf.to_container(fast_cfg(*overrides), resolve=True)
-    path = models.resolve_path(cfg["model"], cfg["data"], cfg["cache_dir"])
+    path = models.resolve_path(cfg["model"], cfg["cache_dir"])
     _, tokenizer = models.load(path)
     problems = data.select_coverage(data.load(cfg["data"]["source"], "data.source"), 8, 1, 0)
     return cfg, path, tokenizer, problems
