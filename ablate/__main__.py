@@ -1,5 +1,9 @@
-"""`python -m ablate` / `ablate`: run one cell, or a grid with -m (Hydra multirun)."""
+"""`python -m ablate` / `ablate`: run one cell, or a grid with -m (Hydra multirun).
 
+`ablate query ...` and `ablate db ...` reach the query and database commands.
+"""
+
+import signal
 import sys
 from pathlib import Path
 
@@ -7,6 +11,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from ablate import request_stop
 
 # A source checkout reads ./conf; an installed wheel ships it as the package ablate.conf.
 _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -21,12 +27,31 @@ def _cell(cfg: DictConfig) -> str:
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
     status = cell.run(cfg, sweep=sweep, output_dir=hc.runtime.output_dir)
-    if status != "completed" and not multirun:
+    if status in ("failed", "interrupted") and not multirun:
         sys.exit(1)
     return status
 
 
+def _stop(signum, _frame):
+    # SIGTERM (a scheduler) and SIGINT (Ctrl-C) become a KeyboardInterrupt: the running cell is recorded as
+    # interrupted and the sweep stops. The flag catches the case where Python swallows the exception.
+    reason = f"signal {signal.Signals(signum).name}"
+    request_stop(reason)
+    raise KeyboardInterrupt(reason)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if len(sys.argv) > 1 and sys.argv[1] in ("query", "db"):
+        command, argv = sys.argv[1], sys.argv[2:]
+        if command == "query":
+            from ablate.query import main as query_main
+
+            sys.exit(query_main(argv))
+        from ablate.record import db_main
+
+        sys.exit(db_main(argv))
     _cell()
 
 

@@ -6,13 +6,10 @@ import logging
 import sys
 import tempfile
 import traceback
-from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
 
-from ablate import data, evaluate, models, record, train
+from ablate import check_stop, record  # light: torch, transformers and TRL load only when a cell actually runs
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +29,33 @@ def _base_key(cfg: dict, model_path) -> str:
 
 
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, reward_funcs=None) -> str:
-    """Run one cell and record it; returns its final status (completed | failed | interrupted)."""
+    """Run one cell and record it; returns completed | skipped | failed | interrupted.
+
+    A cell whose config hash already completed is skipped (unless force=true), as is one that a live
+    process is running; a running row without a recent heartbeat is stale and the cell runs again.
+    """
+    check_stop()  # a stopped sweep starts no new cell
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    eng = record.engine(resolved["db"]["url"])
-    record.create_schema(eng)
+    db = resolved["db"]
+    eng = record.engine(db["url"])
+    if record.revision(eng) != record.HEAD:
+        record.upgrade(db["url"])
+    axes = {a: resolved[a]["name"] for a in AXES}
+    label = " ".join(f"{a}={v}" for a, v in axes.items()) + f" seed={resolved['seed']}"
+    if not resolved.get("force"):
+        found = record.previous(eng, record.config_hash(resolved), db["stale_after_seconds"])
+        if found:
+            print(f"ablate: skip {label}: {found[0]} as run {found[1]} (force=true reruns it)")
+            return "skipped"
     run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved, seed=resolved["seed"],
-                              axes={a: resolved[a]["name"] for a in AXES})
+                              axes=axes)
     try:
-        _run(resolved, eng, run_id, output_dir, reward_funcs)
+        with record.Heartbeat(eng, run_id, db["heartbeat_seconds"]):
+            _run(resolved, eng, run_id, output_dir, reward_funcs)
         return "completed"
-    except KeyboardInterrupt as err:
-        record.end_run(eng, run_id, "interrupted", "KeyboardInterrupt\n" + traceback.format_exc())
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see __main__): record, then stop the whole sweep
+        record.end_run(eng, run_id, "interrupted", f"interrupted ({err or 'SIGINT'})\n" + traceback.format_exc())
+        print(f"ablate: run {run_id} interrupted ({label})", file=sys.stderr)
         raise SystemExit(130) from err
     except Exception as err:  # one failing cell must not stop a sweep: record it and move on
         record.end_run(eng, run_id, "failed", _one_line(err) + "\n" + traceback.format_exc())
@@ -51,6 +64,11 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
 
 
 def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> None:
+    import torch
+    from transformers import set_seed
+
+    from ablate import data, evaluate, models, train
+
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     set_seed(cfg["seed"])
@@ -80,6 +98,7 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
     # 4. evaluation of the trained model, then one write of everything
     result = evaluate.evaluate(trained, tokenizer, suites, cfg["eval"], chat_kwargs, "trained")
     result["settings"] = {"eval": cfg["eval"]}
+    check_stop()  # never record a cell as completed after a stop request
     record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)
     print(summary(eng, run_id))
 

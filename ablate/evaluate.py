@@ -7,6 +7,7 @@ from collections import defaultdict
 import torch
 from tqdm.auto import tqdm
 
+from ablate import check_stop
 from ablate.data import Problem
 from ablate.grading import exact_match, is_correct
 from ablate.markers import count_markers
@@ -23,6 +24,7 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float, top_p:
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     out: list[tuple[str, int]] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+        check_stop()
         enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)

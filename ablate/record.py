@@ -1,21 +1,34 @@
 """The results database (SQLAlchemy 2): runs, per-step training metrics, evaluations, per-sample records.
 
 Write pattern: compute first, then write in one short transaction. On SQLite, WAL + a 30 s busy timeout +
-BEGIN IMMEDIATE lets parallel cells share one file without "database is locked" errors.
+BEGIN IMMEDIATE lets parallel cells share one file without "database is locked" errors. The schema is
+managed by Alembic (db/migrations); `upgrade` creates or upgrades it once before a sweep's cells start.
 """
 
 import hashlib
 import json
 import platform
 import subprocess
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event,
+                        inspect, select, text, update)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+# A source checkout keeps migrations in db/migrations; an installed wheel ships them as ablate/migrations.
+_SOURCE_MIGRATIONS = Path(__file__).resolve().parent.parent / "db" / "migrations"
+MIGRATIONS = _SOURCE_MIGRATIONS if _SOURCE_MIGRATIONS.is_dir() else Path(__file__).resolve().parent / "migrations"
+HEAD = "0002"  # the newest migration; Base.metadata below matches it
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used as it is (not a database, corrupt, or from a newer ablate)."""
 
 
 class Base(DeclarativeBase):
@@ -44,6 +57,7 @@ class Run(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
     base_evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)  # refreshed while running (0002)
 
 
 class Evaluation(Base):
@@ -103,16 +117,16 @@ def engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and BEGIN IMMEDIATE transactions."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    path = url.split("///", 1)[1] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
     eng = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(eng, "connect")
     def _connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred)
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(eng, "begin")
@@ -122,23 +136,86 @@ def engine(url: str) -> Engine:
     return eng
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite URL (None for in-memory or other databases)."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    path = url.split("///", 1)[1].split("?", 1)[0]
+    return Path(path).expanduser() if path and path != ":memory:" else None
+
+
+def _alembic(connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def revision(eng: Engine, label: str | None = None) -> str | None:
+    """The schema revision of the database: None if empty, "0001" for a pre-Alembic ablate database."""
+    try:
+        with eng.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" in tables:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return "0001" if "runs" in tables else None
+    except DatabaseError as err:
+        raise SchemaError(f"{label or eng.url.render_as_string(hide_password=True)}: not a usable database "
+                          f"({str(err.orig).splitlines()[0]}); point db.url at an ablate database or a new file") from None
+
+
+def upgrade(url: str) -> str:
+    """Create or upgrade the schema to HEAD without touching recorded rows; returns the revision."""
+    import logging
+
+    from alembic import command
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no per-migration chatter in every cell's log
+    eng = engine(url)
+    current = revision(eng)
+    if current is not None and current not in _known_revisions():
+        raise SchemaError(f"{url}: schema revision {current} is newer than this ablate knows (up to {HEAD}); "
+                          "upgrade ablate")
+    with eng.begin() as conn:
+        cfg = _alembic(conn)
+        if current == "0001" and "alembic_version" not in inspect(conn).get_table_names():
+            command.stamp(cfg, "0001")  # made by create_all before migrations existed
+        command.upgrade(cfg, "head")
+    return HEAD
+
+
+def _known_revisions() -> set[str]:
+    return {p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py")}
+
+
+def check(eng: Engine) -> None:
+    """Fail unless the database is at HEAD (writes to an old schema would fail half-way)."""
+    current = revision(eng)
+    if current != HEAD:
+        raise SchemaError(f"database schema is at {current or 'nothing'}, this ablate writes {HEAD}: "
+                          "run `ablate db upgrade --db URL` (sweeps do it before their cells start)")
+
+
 def create_schema(eng: Engine) -> None:
-    Base.metadata.create_all(eng)
+    """Upgrade the database behind `eng` to HEAD."""
+    upgrade(eng.url.render_as_string(hide_password=False))
 
 
 class SchemaCallback(Callback):
-    """Hydra callback: create the schema once before the cells of a run or sweep start."""
+    """Hydra callback: create or upgrade the schema once before the cells of a run or sweep start."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        create_schema(engine(config.db.url))
+        upgrade(config.db.url)
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        create_schema(engine(config.db.url))
+        upgrade(config.db.url)
 
 
 def config_hash(config: dict) -> str:
     """Hash of what determines a cell's result: leaves out where results go and how progress is shown."""
-    kept = {k: v for k, v in config.items() if k not in ("db", "sweep", "cache_dir", "threads")}
+    kept = {k: v for k, v in config.items() if k not in ("db", "sweep", "cache_dir", "threads", "force")}
     trainer = {k: v for k, v in kept.get("trainer", {}).items() if k not in ("logging_steps", "disable_tqdm", "report_to")}
     kept["trainer"] = trainer
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -172,7 +249,7 @@ def now() -> datetime:
 def start_run(eng: Engine, *, sweep: str, config: dict, axes: dict, seed: int) -> int:
     with Session(eng) as s, s.begin():
         run = Run(sweep=sweep, config_hash=config_hash(config), config=config, seed=seed, status="running",
-                  started_at=now(), **axes, **provenance())
+                  started_at=now(), heartbeat_at=now(), **axes, **provenance())
         s.add(run)
         s.flush()
         return run.id
@@ -184,6 +261,48 @@ def end_run(eng: Engine, run_id: int, status: str, error: str | None = None) -> 
         run.status, run.error, run.ended_at = status, error, now()
 
 
+def previous(eng: Engine, chash: str, stale_after: float) -> tuple[str, int] | None:
+    """Why a cell with this config hash need not run: ("completed", id) or ("running", id) if a live process
+    holds it. Running rows whose heartbeat is older than `stale_after` seconds are marked interrupted."""
+    cutoff = now() - timedelta(seconds=stale_after)
+    with Session(eng) as s, s.begin():
+        rows = s.execute(select(Run.id, Run.status, Run.heartbeat_at).where(Run.config_hash == chash)
+                         .where(Run.status.in_(("completed", "running"))).order_by(Run.id)).all()
+        for run_id, status, beat in rows:
+            if status == "completed":
+                return "completed", run_id
+        for run_id, status, beat in rows:
+            if beat is not None and beat >= cutoff:
+                return "running", run_id
+            s.execute(update(Run).where(Run.id == run_id).values(
+                status="interrupted", ended_at=now(), error=f"stale: no heartbeat since {beat} (process killed?)"))
+    return None
+
+
+class Heartbeat:
+    """Refresh runs.heartbeat_at every `every` seconds while a cell runs (a killed process stops beating)."""
+
+    def __init__(self, eng: Engine, run_id: int, every: float):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(eng, run_id, every), daemon=True)
+
+    def _beat(self, eng, run_id, every):
+        while not self._stop.wait(every):
+            try:
+                with Session(eng) as s, s.begin():
+                    s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now()))
+            except DatabaseError:
+                pass  # a busy database delays a beat; the stale threshold allows for several
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def find_base_evaluation(eng: Engine, key: str) -> int | None:
     with Session(eng) as s:
         return s.scalar(select(Evaluation.id).where(Evaluation.key == key))
@@ -192,17 +311,23 @@ def find_base_evaluation(eng: Engine, key: str) -> int | None:
 def save_evaluation(eng: Engine, *, stage: str, samples: list[dict], metrics: list[dict], settings: dict,
                     seconds: float, key: str | None = None, run_id: int | None = None) -> int:
     """Store one evaluation with its samples and metrics; a base evaluation already stored under `key` wins."""
-    with Session(eng) as s, s.begin():
-        if key is not None:
-            existing = s.scalar(select(Evaluation.id).where(Evaluation.key == key))
-            if existing is not None:
-                return existing
-        ev = Evaluation(stage=stage, key=key, run_id=run_id, settings=settings, seconds=seconds, created_at=now())
-        s.add(ev)
-        s.flush()
-        s.add_all(Sample(evaluation_id=ev.id, **row) for row in samples)
-        s.add_all(Metric(evaluation_id=ev.id, **row) for row in metrics)
-        return ev.id
+    try:
+        with Session(eng) as s, s.begin():
+            if key is not None:
+                existing = s.scalar(select(Evaluation.id).where(Evaluation.key == key))
+                if existing is not None:
+                    return existing
+            ev = Evaluation(stage=stage, key=key, run_id=run_id, settings=settings, seconds=seconds, created_at=now())
+            s.add(ev)
+            s.flush()
+            s.add_all(Sample(evaluation_id=ev.id, **row) for row in samples)
+            s.add_all(Metric(evaluation_id=ev.id, **row) for row in metrics)
+            return ev.id
+    except IntegrityError:  # another cell stored the same base evaluation first (Postgres, concurrent)
+        found = find_base_evaluation(eng, key) if key is not None else None
+        if found is None:
+            raise
+        return found
 
 
 def finish_run(eng: Engine, run_id: int, *, base_evaluation_id: int, train_steps: list[dict],
@@ -220,3 +345,26 @@ def finish_run(eng: Engine, run_id: int, *, base_evaluation_id: int, train_steps
         run.base_evaluation_id = base_evaluation_id
         run.status, run.ended_at = "completed", now()
         return ev.id
+
+
+def db_main(argv: list[str] | None = None) -> int:
+    """`ablate db upgrade [--db URL]`: create or upgrade a results database to the current schema."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="ablate db", description=db_main.__doc__)
+    parser.add_argument("action", choices=["upgrade", "revision"], help="upgrade: migrate to the newest schema; "
+                        "revision: print the current one")
+    parser.add_argument("--db", default=os.environ.get("ABLATE_DB", "sqlite:///db/ablate.sqlite"),
+                        help="SQLAlchemy URL (default $ABLATE_DB or sqlite:///db/ablate.sqlite)")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "upgrade":
+            before = revision(engine(args.db), args.db)
+            print(f"{args.db}: {before or 'empty'} -> {upgrade(args.db)}")
+        else:
+            print(revision(engine(args.db), args.db) or "empty")
+    except SchemaError as err:
+        print(f"ablate db: {err}", file=__import__("sys").stderr)
+        return 2
+    return 0

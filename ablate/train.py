@@ -17,7 +17,7 @@ from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilde
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
-from ablate import grading, teacher  # noqa: E402
+from ablate import check_stop, grading, teacher  # noqa: E402
 from ablate.data import Problem  # noqa: E402
 
 TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer)}
@@ -145,6 +145,9 @@ class StepRecorder(TrainerCallback):
 
     def __init__(self):
         self.rows: list[dict] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_stop()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for name, value in (logs or {}).items():
