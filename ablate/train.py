@@ -18,6 +18,7 @@ from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
 from ablate import check_stop, grading, teacher  # noqa: E402
+from ablate.markers import count_markers  # noqa: E402
 from ablate.data import Problem  # noqa: E402
 
 TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer)}
@@ -140,8 +141,18 @@ class QuietProgress(ProgressCallback):
         pass
 
 
+# Each trainer names the same quantity its own way; these canonical names are recorded beside TRL's.
+CANONICAL = {
+    "rewards/reward/mean": "rollout/reward", "self_distillation/rewards/reward": "rollout/reward",
+    "rewards/markers/mean": "rollout/markers_per_response",
+    "self_distillation/rewards/markers": "rollout/markers_per_response",
+    "markers/mean": "rollout/markers_per_response",
+    "completions/mean_length": "rollout/mean_length",
+}
+
+
 class StepRecorder(TrainerCallback):
-    """Collects every number the trainer logs, by step, for the train_steps table."""
+    """Collects every number the trainer logs, by step, for the train_steps table (plus CANONICAL names)."""
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -152,15 +163,48 @@ class StepRecorder(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         for name, value in (logs or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.rows.append({"step": state.global_step, "name": name,
-                                  "value": None if math.isnan(float(value)) else float(value)})
+                v = None if math.isnan(float(value)) else float(value)
+                self.rows.append({"step": state.global_step, "name": name, "value": v})
+                if name in CANONICAL:
+                    self.rows.append({"step": state.global_step, "name": CANONICAL[name], "value": v})
+
+
+def marker_reward(words, mode: str):
+    """Markers per rollout as a zero-weight TRL reward: TRL logs its mean per step (rewards/markers/mean)."""
+
+    def markers(completions, **_) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(sum(count_markers(t, words, mode).values())) for t in texts]
+
+    return markers
+
+
+class MarkerLogger(TrainerCallback):
+    """SDFT has no rewards: log markers per rollout from the batch it prepares."""
+
+    def __init__(self, words, mode: str):
+        self.words, self.mode, self.trainer = words, mode, None
+
+    def on_self_distillation_batch_prepared(self, completion_ids=None, processing_class=None, **_):
+        texts = processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        counts = [sum(count_markers(t, self.words, self.mode).values()) for t in texts]
+        self.trainer._metrics["train"]["markers/mean"].append(sum(counts) / max(len(counts), 1))
 
 
 def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str,
                   reward_funcs=None, callbacks=()):
-    """The TRL trainer for cfg.objective on `problems`, teacher context by cfg.richness."""
+    """The TRL trainer for cfg.objective on `problems`, teacher context by cfg.richness.
+
+    Rewards: `reward_funcs` (default: math-verify correctness), plus markers per rollout at weight 0 so that
+    every step logs the epistemic-marker rate of the rollouts.
+    """
     config_cls, kwargs = trainer_args(cfg, output_dir)
     trainer_cls = TRAINERS[cfg["objective"]["trainer_class"]][1]
+    words, mode = cfg["eval"]["markers"]["words"], cfg["eval"]["markers"]["mode"]
+    reward_funcs = list(reward_funcs or [grading.reward])
+    if trainer_cls is not SDFTTrainer and "reward_weights" not in kwargs:
+        reward_funcs.append(marker_reward(words, mode))
+        kwargs["reward_weights"] = [1.0] * (len(reward_funcs) - 1) + [0.0]
     args = config_cls(**kwargs)
     rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
     common = dict(model=str(model_path), args=args, train_dataset=Dataset.from_list(rows),
@@ -169,10 +213,13 @@ def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], out
         if "privileged_context" not in rows[0]:
             raise ValueError(f"objective={cfg['objective']['name']} reads its teacher context from the dataset: "
                              "set richness.source=reference")
+        logger = MarkerLogger(words, mode)
+        common["callbacks"].append(logger)
         trainer = trainer_cls(**common)
+        logger.trainer = trainer
         trainer.teacher_context_builder = RichnessSDFTBuilder(trainer, cfg["richness"], cfg["teacher"])
     else:
-        trainer = trainer_cls(reward_funcs=reward_funcs or [grading.reward], **common)
+        trainer = trainer_cls(reward_funcs=reward_funcs, **common)
         if trainer_cls is SDPOTrainer:
             trainer.teacher_context_builder = RichnessSDPOBuilder(trainer, cfg["richness"], cfg["teacher"])
     trainer.remove_callback(PrinterCallback)

@@ -33,6 +33,8 @@ def test_one_step_changes_parameters(objective, fast_cfg, tmp_path):
     assert "loss" in logged
     if objective != "grpo":  # teacher-context token lengths are logged with TRL's metrics
         assert "teacher/prompt_tokens_mean" in logged
+    # epistemic markers of the rollouts, every step
+    assert {"rollout/markers_per_response", "rollout/mean_length"} <= logged, logged
 
 
 def test_sdft_fails_loudly_instead_of_truncating(fast_cfg, tmp_path):
