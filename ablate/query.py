@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--format", default="csv")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    # filters may come before or after options: argparse leaves the later ones unparsed
+    args, extra = parser.parse_known_args(argv)
     try:
-        filters = parse_filters(getattr(args, "filters", []))
+        filters = parse_filters([*getattr(args, "filters", []), *extra])
         eng = reader(args.db)
         if args.command == "sweeps":
             _show(sweeps(eng))

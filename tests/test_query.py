@@ -43,6 +43,16 @@ def test_runs_filters_and_pivot(db_url):
     assert sweeps.loc[0, "completed"] == 3 and sweeps.loc[0, "failed"] == 1
 
 
+def test_cli_filters_before_or_after_options(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _fill(url)
+    assert query.main(["--db", url, "pivot", "accuracy", "--cols", "coverage", "richness=high"]) == 0
+    out = capsys.readouterr().out
+    assert "0.9" in out and "low" not in out
+    assert query.main(["--db", url, "runs", "coverage=seen_64"]) == 0
+    assert capsys.readouterr().out.count("seen_64") == 1
+
+
 def test_sql_is_read_only(db_url):
     _fill(db_url)
     eng = query.reader(db_url)
