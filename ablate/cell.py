@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import logging
 import sys
 import tempfile
 import traceback
@@ -10,8 +9,6 @@ import traceback
 from omegaconf import DictConfig, OmegaConf
 
 from ablate import check_stop, record  # light: torch, transformers and TRL load only when a cell actually runs
-
-log = logging.getLogger(__name__)
 
 AXES = ("richness", "coverage", "model", "objective")
 
@@ -73,8 +70,8 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
         torch.set_num_threads(cfg["threads"])
     set_seed(cfg["seed"])
     # 1. problems: training pool and in-domain held-out split, coverage subset, out-of-domain suites
-    pool, heldout = data.split_heldout(data.load(cfg["data"]["source"], "data.source", cfg["data"]["name"]), cfg["data"]["heldout"],
-                                       cfg["data"]["heldout_seed"])
+    problems = data.load(cfg["data"]["source"], "data.source", cfg["data"]["name"])
+    pool, heldout = data.split_heldout(problems, cfg["data"]["heldout"], cfg["data"]["heldout_seed"])
     cov = cfg["coverage"]
     train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
     suites = {"in_domain": heldout, **{name: data.load(spec, f"eval.suites.{name}", name)

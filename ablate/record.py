@@ -198,11 +198,6 @@ def check(eng: Engine) -> None:
                           "run `ablate db upgrade --db URL` (sweeps do it before their cells start)")
 
 
-def create_schema(eng: Engine) -> None:
-    """Upgrade the database behind `eng` to HEAD."""
-    upgrade(eng.url.render_as_string(hide_password=False))
-
-
 class SchemaCallback(Callback):
     """Hydra callback: create or upgrade the schema once before the cells of a run or sweep start."""
 
@@ -268,10 +263,10 @@ def previous(eng: Engine, chash: str, stale_after: float) -> tuple[str, int] | N
     with Session(eng) as s, s.begin():
         rows = s.execute(select(Run.id, Run.status, Run.heartbeat_at).where(Run.config_hash == chash)
                          .where(Run.status.in_(("completed", "running"))).order_by(Run.id)).all()
-        for run_id, status, beat in rows:
+        for run_id, status, _ in rows:
             if status == "completed":
                 return "completed", run_id
-        for run_id, status, beat in rows:
+        for run_id, _, beat in rows:
             if beat is not None and beat >= cutoff:
                 return "running", run_id
             s.execute(update(Run).where(Run.id == run_id).values(
