@@ -170,9 +170,9 @@ def upgrade(url: str) -> str:
     """Create or upgrade the schema to HEAD without touching recorded rows; returns the revision."""
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no plugin/migration chatter in every cell's log
     from alembic import command
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # no per-migration chatter in every cell's log
     eng = engine(url)
     current = revision(eng)
     if current is not None and current not in _known_revisions():
@@ -202,10 +202,18 @@ class SchemaCallback(Callback):
     """Hydra callback: create or upgrade the schema once before the cells of a run or sweep start."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        upgrade(config.db.url)
+        self._upgrade(config.db.url)
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        upgrade(config.db.url)
+        self._upgrade(config.db.url)
+
+    @staticmethod
+    def _upgrade(url: str) -> None:
+        try:
+            upgrade(url)
+        except SchemaError as err:  # one line, before any cell starts; nothing is written
+            print(f"ablate: {err}", file=__import__("sys").stderr)
+            raise SystemExit(2) from None
 
 
 def config_hash(config: dict) -> str:

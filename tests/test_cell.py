@@ -70,3 +70,31 @@ def test_multirun_two_cells_and_a_failing_one(tmp_path):
                            where r.status = 'completed' group by r.id order by r.richness""")
     assert [(r, n) for r, n, _ in per_run] == [("high", 14), ("none", 14)]
     assert "run summary" not in proc.stdout and "richness=high coverage=seen_8x8" in proc.stdout
+
+
+def test_cell_on_postgres(fast_cfg, tmp_path, postgres_server):
+    import psycopg
+    from sqlalchemy import text
+
+    from ablate import record
+
+    with psycopg.connect(postgres_server.replace("postgresql+psycopg", "postgresql") + "/postgres",
+                         autocommit=True) as con:
+        con.execute("CREATE DATABASE cell_e2e")
+    url = f"{postgres_server}/cell_e2e"
+    assert cell.run(fast_cfg("objective=sdpo", f"db.url={url}"), reward_funcs=[alternating_reward]) == "completed"
+    assert cell.run(fast_cfg("objective=sdpo", f"db.url={url}")) == "skipped"  # resume works there too
+    with record.engine(url).connect() as conn:
+        assert conn.execute(text("SELECT status FROM runs")).scalars().all() == ["completed"]
+        assert conn.execute(text("SELECT count(*) FROM run_samples WHERE stage = 'trained'")).scalar() == 14
+
+
+def test_unusable_database_is_one_line_and_untouched(tmp_path):
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"definitely not sqlite " * 50)
+    proc = subprocess.run([sys.executable, "-m", "ablate", f"db.url=sqlite:///{garbage}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not a usable database" in lines[0], proc.stderr
+    assert garbage.read_bytes() == b"definitely not sqlite " * 50
