@@ -50,6 +50,12 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ValueError(f"{section}.{key}: not a field of {config_cls.__name__}{hint}")
     kwargs.update(output_dir=output_dir, seed=cfg["seed"], use_cpu=not torch.cuda.is_available())
+    # Rollouts use the same chat template settings (Qwen3 enable_thinking) and dtype as evaluation.
+    if cfg["model"].get("chat_template_kwargs"):
+        kwargs.setdefault("chat_template_kwargs", dict(cfg["model"]["chat_template_kwargs"]))
+    kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
+    if cfg["richness"]["source"] not in ("sibling", "reference"):
+        raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
     if kind == "sdpo":
         # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
         # for the prompt, a full-length demonstration and the template.

@@ -40,6 +40,9 @@ def test_large_models_carry_paper_settings():
     assert on.model.chat_template_kwargs.enable_thinking is True
     assert (on.eval.temperature, on.eval.top_p) == (0.6, 0.95)
     assert off.model.trainer.bf16 is True and off.model.trainer.max_steps == 100
+    _, kwargs = train.trainer_args(OmegaConf.to_container(off, resolve=True), "/tmp/out")
+    assert kwargs["chat_template_kwargs"] == {"enable_thinking": False}  # rollouts match evaluation
+    assert kwargs["model_init_kwargs"] == {"dtype": "bfloat16"}
 
 
 def test_any_trl_field_can_be_added_and_typos_are_named():
