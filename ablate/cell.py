@@ -97,7 +97,7 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
     result["settings"] = {"eval": cfg["eval"]}
     check_stop()  # never record a cell as completed after a stop request
     record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)
-    print(summary(eng, run_id))
+    print("\n" + summary(eng, run_id))
 
 
 def summary(eng, run_id: int) -> str:
