@@ -1,6 +1,6 @@
 """`python -m ablate` / `ablate`: run one cell, or a grid with -m (Hydra multirun).
 
-`ablate query ...` and `ablate db ...` reach the query and database commands.
+`ablate query ...`, `ablate db ...` and `ablate report ...` reach the query, database and report commands.
 """
 
 import signal
@@ -43,12 +43,16 @@ def _stop(signum, _frame):
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    if len(sys.argv) > 1 and sys.argv[1] in ("query", "db"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("query", "db", "report"):
         command, argv = sys.argv[1], sys.argv[2:]
         if command == "query":
             from ablate.query import main as query_main
 
             sys.exit(query_main(argv))
+        if command == "report":
+            from ablate.report import main as report_main
+
+            sys.exit(report_main(argv))
         from ablate.record import db_main
 
         sys.exit(db_main(argv))

@@ -48,11 +48,12 @@ def reader(url: str) -> Engine:
             dbapi_conn.commit()
 
     current = record.revision(eng, url)
+    shown = eng.url.render_as_string(hide_password=True) if path is None else url
     if current is None:
-        raise QueryError(f"{url}: not an ablate database (no runs table)")
+        raise QueryError(f"{shown}: not an ablate database (no runs table)")
     if current != record.HEAD:
-        raise QueryError(f"{url}: schema {current}, queries need {record.HEAD}: run `ablate db upgrade --db {url}`"
-                         if current < record.HEAD else f"{url}: schema {current} is newer than this ablate; upgrade ablate")
+        raise QueryError(f"{shown}: schema {current}, queries need {record.HEAD}: run `ablate db upgrade --db URL`"
+                         if current < record.HEAD else f"{shown}: schema {current} is newer than this ablate; upgrade ablate")
     return eng
 
 

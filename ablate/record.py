@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event,
                         inspect, select, text, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -162,7 +162,8 @@ def revision(eng: Engine, label: str | None = None) -> str | None:
                 return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
             return "0001" if "runs" in tables else None
     except DatabaseError as err:
-        raise SchemaError(f"{label or eng.url.render_as_string(hide_password=True)}: not a usable database "
+        where = make_url(label).render_as_string(hide_password=True) if label else eng.url.render_as_string()
+        raise SchemaError(f"{where}: not a usable database "
                           f"({str(err.orig).splitlines()[0]}); point db.url at an ablate database or a new file") from None
 
 
@@ -176,7 +177,8 @@ def upgrade(url: str) -> str:
     eng = engine(url)
     current = revision(eng)
     if current is not None and current not in _known_revisions():
-        raise SchemaError(f"{url}: schema revision {current} is newer than this ablate knows (up to {HEAD}); "
+        raise SchemaError(f"{make_url(url).render_as_string(hide_password=True)}: schema revision {current} is newer "
+                          f"than this ablate knows (up to {HEAD}); "
                           "upgrade ablate")
     with eng.begin() as conn:
         cfg = _alembic(conn)
