@@ -192,14 +192,6 @@ def _known_revisions() -> set[str]:
     return {p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py")}
 
 
-def check(eng: Engine) -> None:
-    """Fail unless the database is at HEAD (writes to an old schema would fail half-way)."""
-    current = revision(eng)
-    if current != HEAD:
-        raise SchemaError(f"database schema is at {current or 'nothing'}, this ablate writes {HEAD}: "
-                          "run `ablate db upgrade --db URL` (sweeps do it before their cells start)")
-
-
 class SchemaCallback(Callback):
     """Hydra callback: create or upgrade the schema once before the cells of a run or sweep start."""
 
