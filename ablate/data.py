@@ -81,6 +81,54 @@ def read_jsonl(path: str, fields: dict[str, str | None], name: str) -> list[Prob
     return problems
 
 
+def _decoded(value):
+    """verl files store chat messages and structs either as objects or as JSON strings."""
+    if isinstance(value, (bytes, str)):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if hasattr(value, "tolist"):  # numpy arrays of messages
+        return value.tolist()
+    return value
+
+
+def read_verl_parquet(path: str, where: str) -> list[Problem]:
+    """Problems from a verl RL parquet: chat `prompt`, `reward_model.ground_truth`, optional
+    `extra_info.solution` (reference) and `problem_id` / `extra_info.index` (id)."""
+    import pandas as pd
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{where}: {file} does not exist; set its path to a verl parquet file")
+    try:
+        df = pd.read_parquet(file)
+    except Exception as err:  # pyarrow raises several types for a file that is not parquet
+        raise ValueError(f"{file}: not a parquet file ({str(err).splitlines()[0]})") from None
+    missing = [c for c in ("prompt", "reward_model") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{file}: missing column {missing[0]!r}; a verl parquet has prompt and "
+                         f"reward_model.ground_truth (columns: {', '.join(df.columns)})")
+    problems = []
+    for i, row in enumerate(df.to_dict("records")):
+        prompt = _decoded(row["prompt"])
+        if isinstance(prompt, list):
+            users = [m for m in prompt if m.get("role") == "user"]
+            prompt = users[-1]["content"] if users else None
+        reward = _decoded(row["reward_model"]) or {}
+        answer = reward.get("ground_truth") if isinstance(reward, dict) else None
+        if not prompt or answer in (None, ""):
+            field = "prompt (a user message)" if not prompt else "reward_model.ground_truth"
+            raise ValueError(f"{file}: row {i}: no {field}")
+        extra = _decoded(row.get("extra_info")) or {}
+        extra = extra if isinstance(extra, dict) else {}
+        pid = row.get("problem_id") or extra.get("index") or f"{file.stem}-{i}"
+        problems.append(Problem(str(pid), str(prompt), str(answer), extra.get("solution")))
+    if not problems:
+        raise ValueError(f"{file}: no problems in file")
+    return problems
+
+
 def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
     """Problems described by one config block at `where` (`data.source` or an `eval.suites` entry).
 
@@ -92,7 +140,9 @@ def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
                           seed=spec["seed"], name=name)
     if kind == "jsonl":
         return read_jsonl(spec["path"], dict(spec["fields"]), where)
-    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic' or 'jsonl'")
+    if kind == "verl_parquet":
+        return read_verl_parquet(spec["path"], where)
+    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic', 'jsonl' or 'verl_parquet'")
 
 
 def split_heldout(problems: list[Problem], n_heldout: int, seed: int) -> tuple[list[Problem], list[Problem]]:
