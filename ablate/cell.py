@@ -74,8 +74,13 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
     pool, heldout = data.split_heldout(problems, cfg["data"]["heldout"], cfg["data"]["heldout_seed"])
     cov = cfg["coverage"]
     train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
-    suites = {"in_domain": heldout, **{name: data.load(spec, f"eval.suites.{name}", name)
-                                       for name, spec in cfg["eval"]["suites"].items()}}
+    # A suite set to null is dropped (eval.suites.arith3=null); data.heldout=0 means no in-domain suite,
+    # e.g. when the training file is one of the paper's coverage subsets.
+    suites = {name: data.load(spec, f"eval.suites.{name}", name) for name, spec in cfg["eval"]["suites"].items()
+              if spec is not None}
+    suites = {"in_domain": heldout, **suites} if heldout else suites
+    if not suites:
+        raise ValueError("nothing to evaluate: data.heldout=0 and eval.suites is empty; hold out problems or add a suite")
     # 2. the starting model, and its evaluation (shared by cells with the same model and eval settings)
     eval_prompts = frozenset(p.prompt for problems in suites.values() for p in problems)
     model_path = models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)

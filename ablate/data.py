@@ -1,4 +1,5 @@
-"""Problems: the built-in arithmetic task, JSON-lines files, held-out split and coverage subsets."""
+"""Problems from every source (built-in arithmetic, JSON lines, verl parquet, Hugging Face datasets,
+reasoning-gym, champ), the held-out split and coverage subsets."""
 
 import json
 import random
@@ -14,6 +15,14 @@ class Problem:
     prompt: str  # the user message
     answer: str  # gold final answer
     solution: str | None = None  # a reference solution, possibly with <think>...</think>
+    domain: str = "math"  # a label carried into the database with the eval set
+    grader: str = "math"  # how answers are graded: math (math-verify on \boxed{}) | choice (a letter)
+    system: str | None = None  # a system message sent before the prompt (e.g. answer-format instructions)
+
+    def messages(self) -> list[dict]:
+        """The chat the model sees: the optional system message, then the user prompt."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [{"role": "user", "content": self.prompt}]
 
 
 def arithmetic(n: int, digits: int = 2, ops: tuple[str, ...] = ("+", "-"), terms: int = 2, seed: int = 0,
@@ -50,11 +59,36 @@ def arithmetic(n: int, digits: int = 2, ops: tuple[str, ...] = ("+", "-"), terms
     return problems
 
 
-def read_jsonl(path: str, fields: dict[str, str | None], name: str) -> list[Problem]:
-    """Problems from a JSON-lines file; `fields` maps id/prompt/answer/solution to the file's keys."""
+def from_row(row: dict, spec: dict, where: str, at: str, default_id: str) -> Problem:
+    """One problem from a mapping; `spec.fields` names the keys holding id/prompt/answer/solution/system.
+
+    `at` locates the row in error messages (file:line, file: row i).
+    """
+    fields = dict(spec.get("fields") or {})
+    for field in ("prompt", "answer"):
+        key = fields.get(field, field)
+        if key not in row or row[key] is None or str(row[key]).strip() == "":
+            raise ValueError(f"{at}: missing column {key!r} (the {field}); "
+                             f"set {where}.fields.{field} to one of {sorted(row)}")
+
+    def get(field):
+        key = fields.get(field)
+        return None if key is None or row.get(key) is None else str(row[key])
+
+    prompt = str(row[fields.get("prompt", "prompt")])
+    instruction = spec.get("instruction")
+    if instruction and instruction not in prompt:  # hub copies of eval sets lack the answer-format line
+        prompt = f"{prompt}\n\n{instruction}"
+    return Problem(id=get("id") or default_id, prompt=prompt, answer=str(row[fields.get("answer", "answer")]),
+                   solution=get("solution"), system=get("system"), domain=spec.get("domain", "math"),
+                   grader=spec.get("grader", "math"))
+
+
+def read_jsonl(path: str, spec: dict, where: str) -> list[Problem]:
+    """Problems from a JSON-lines file; `spec.fields` maps id/prompt/answer/solution/system to its keys."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"{name}: {file} does not exist; set its path to a JSON-lines file")
+        raise FileNotFoundError(f"{where}: {file} does not exist; set {where}.path to a JSON-lines file")
     problems = []
     with file.open() as fh:
         for lineno, line in enumerate(fh, 1):
@@ -64,18 +98,9 @@ def read_jsonl(path: str, fields: dict[str, str | None], name: str) -> list[Prob
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{file}:{lineno}: not valid JSON ({err.msg})") from None
-            for field in ("prompt", "answer"):
-                key = fields[field]
-                if key not in row or row[key] in (None, ""):
-                    raise ValueError(f"{file}:{lineno}: missing column {key!r} (the {field}); "
-                                     f"set {name}.fields.{field} to one of {sorted(row)}")
-            sol_key, id_key = fields.get("solution"), fields.get("id")
-            problems.append(Problem(
-                id=str(row[id_key]) if id_key and id_key in row else f"{file.stem}-{lineno}",
-                prompt=str(row[fields["prompt"]]),
-                answer=str(row[fields["answer"]]),
-                solution=row.get(sol_key) if sol_key else None,
-            ))
+            if not isinstance(row, dict):
+                raise ValueError(f"{file}:{lineno}: not a JSON object")
+            problems.append(from_row(row, spec, where, f"{file}:{lineno}", f"{file.stem}-{lineno}"))
     if not problems:
         raise ValueError(f"{file}: no problems in file")
     return problems
@@ -93,7 +118,7 @@ def _decoded(value):
     return value
 
 
-def read_verl_parquet(path: str, where: str) -> list[Problem]:
+def read_verl_parquet(path: str, where: str, spec: dict | None = None) -> list[Problem]:
     """Problems from a verl RL parquet: chat `prompt`, `reward_model.ground_truth`, optional
     `extra_info.solution` (reference) and `problem_id` / `extra_info.index` (id)."""
     import pandas as pd
@@ -109,49 +134,176 @@ def read_verl_parquet(path: str, where: str) -> list[Problem]:
     if missing:
         raise ValueError(f"{file}: missing column {missing[0]!r}; a verl parquet has prompt and "
                          f"reward_model.ground_truth (columns: {', '.join(df.columns)})")
-    problems = []
-    for i, row in enumerate(df.to_dict("records")):
-        prompt = _decoded(row["prompt"])
-        if isinstance(prompt, list):
-            users = [m for m in prompt if m.get("role") == "user"]
-            prompt = users[-1]["content"] if users else None
-        reward = _decoded(row["reward_model"]) or {}
-        answer = reward.get("ground_truth") if isinstance(reward, dict) else None
-        if not prompt or answer in (None, ""):
-            field = "prompt (a user message)" if not prompt else "reward_model.ground_truth"
-            raise ValueError(f"{file}: row {i}: no {field}")
-        extra = _decoded(row.get("extra_info")) or {}
-        extra = extra if isinstance(extra, dict) else {}
-        pid = row.get("problem_id") or extra.get("index") or f"{file.stem}-{i}"
-        problems.append(Problem(str(pid), str(prompt), str(answer), extra.get("solution")))
+    problems = [verl_row(row, spec or {}, f"{file}: row {i}", f"{file.stem}-{i}")
+                for i, row in enumerate(df.to_dict("records"))]
     if not problems:
         raise ValueError(f"{file}: no problems in file")
     return problems
 
 
+def verl_row(row: dict, spec: dict, at: str, default_id: str) -> Problem:
+    """One problem from a row in verl's RL layout (a file's row or a hub dataset's)."""
+    messages = _decoded(row["prompt"])
+    system = None
+    if isinstance(messages, list):
+        users = [m for m in messages if m.get("role") == "user"]
+        systems = [m for m in messages if m.get("role") == "system"]
+        prompt, system = (users[-1]["content"] if users else None), (systems[0]["content"] if systems else None)
+    else:
+        prompt = messages
+    reward = _decoded(row["reward_model"]) or {}
+    answer = reward.get("ground_truth") if isinstance(reward, dict) else None
+    if not prompt or answer in (None, ""):
+        raise ValueError(f"{at}: no {'prompt (a user message)' if not prompt else 'reward_model.ground_truth'}")
+    extra = _decoded(row.get("extra_info")) or {}
+    extra = extra if isinstance(extra, dict) else {}
+    pid = row.get("problem_id") or extra.get("index") or default_id
+    return Problem(str(pid), str(prompt), str(answer), extra.get("solution"), domain=spec.get("domain", "math"),
+                   grader=spec.get("grader", "math"), system=system)
+
+
+def read_hf(spec: dict, where: str) -> list[Problem]:
+    """Problems through Hugging Face `datasets`: a folder written by save_to_disk, a local data file
+    (parquet, json/jsonl, csv) or a hub id (needs network, or the hub cache). `spec.fields` maps columns.
+
+    A local parquet in verl's layout (chat `prompt` + `reward_model`) is read by read_verl_parquet, so one
+    config (eval=math500, ...) takes either the hub copy or the paper's file.
+    """
+    import datasets
+
+    path, split = str(spec["path"]), spec.get("split") or "train"
+    local = Path(path).expanduser()
+    if local.suffix == ".parquet" and local.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            columns = set(pq.read_schema(local).names)
+        except Exception as err:  # pyarrow raises several types for a file that is not parquet
+            raise ValueError(f"{local}: not a parquet file ({str(err).splitlines()[0]})") from None
+        if {"prompt", "reward_model"} <= columns:
+            return read_verl_parquet(str(local), where, spec)
+    if local.suffix == ".jsonl" and local.is_file():
+        return read_jsonl(str(local), spec, where)
+    try:
+        if local.is_dir():
+            ds = datasets.load_from_disk(str(local))
+        elif local.is_file():
+            builder = {".parquet": "parquet", ".json": "json", ".csv": "csv"}.get(local.suffix)
+            if builder is None:
+                raise ValueError(f"{where}.path={path}: unknown file type; use .parquet, .json, .jsonl or .csv")
+            ds = datasets.load_dataset(builder, data_files=str(local), split="train")
+        elif path.startswith((".", "/", "~")) or path.count("/") != 1:
+            raise FileNotFoundError(f"{where}.path={path}: no such file or folder")
+        else:
+            ds = datasets.load_dataset(path, spec.get("subset"), split=split)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as err:  # offline, unknown id, missing split: datasets raises many types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConnectionError(
+            f"{where}.path={path}: cannot load this dataset ({first}); offline, save it on a machine with "
+            f"network (datasets.load_dataset(...).save_to_disk(DIR)) and set {where}.path=DIR") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"{where}.split={split}: not in {path}; choose from {', '.join(ds)}")
+        ds = ds[split]
+    name = local.stem if local.exists() else path.replace("/", "_")
+    verl = {"prompt", "reward_model"} <= set(ds.column_names)  # e.g. DAPO-Math-17k on the hub
+    problems = [verl_row(row, spec, f"{path}: row {i}", f"{name}-{i}") if verl
+                else from_row(row, spec, where, f"{path}: row {i}", f"{name}-{i}") for i, row in enumerate(ds)]
+    if not problems:
+        raise ValueError(f"{path}: no problems in this dataset")
+    return problems
+
+
+def read_reasoning_gym(spec: dict, where: str) -> list[Problem]:
+    """Problems from a reasoning-gym generator (offline): question, answer, and the worked solution
+    when the generator gives one (metadata answer_cot, as gsm_symbolic does)."""
+    import reasoning_gym
+
+    try:
+        ds = reasoning_gym.create_dataset(spec["task"], size=spec["n"], seed=spec["seed"], **(spec.get("options") or {}))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{where}.task={spec['task']!r}: {err}") from None
+    problems = []
+    for i, entry in enumerate(ds):
+        solution = entry.get("metadata", {}).get("answer_cot")
+        if solution:  # gsm_symbolic ends its worked solutions with "#### 70": state it the way we grade
+            solution = solution.rsplit("####", 1)[0].rstrip() + f"\n\\boxed{{{entry['answer']}}}"
+        row = {"id": f"{spec['task']}-{spec['seed']}-{i}", "prompt": entry["question"], "answer": entry["answer"],
+               "solution": solution}
+        problems.append(from_row(row, {"fields": {"id": "id", "solution": "solution"}, **spec}, where,
+                                 f"reasoning_gym {spec['task']}: entry {i}", row["id"]))
+    return problems
+
+
+def read_champ(spec: dict, where: str) -> list[Problem]:
+    """The CHAMP competition problems (champ-dataset, offline): statement, answer, step-by-step solution."""
+    import champ_dataset
+
+    ds = champ_dataset.load(spec.get("version") or "v0")
+    problems = []
+    for pid, p in ds.problems.items():
+        if spec.get("categories") and p.category not in spec["categories"]:
+            continue
+        solution = " ".join(step.text for step in p.solution.steps) + f"\n\\boxed{{{p.answer}}}"
+        row = {"id": pid, "prompt": p.text, "answer": p.answer, "solution": solution}
+        problems.append(from_row(row, {"fields": {"id": "id", "solution": "solution"}, **spec}, where,
+                                 f"champ {pid}", pid))
+    if not problems:
+        raise ValueError(f"{where}.categories={spec.get('categories')}: no CHAMP problem in these categories")
+    return problems
+
+
+KINDS = ("arithmetic", "jsonl", "verl_parquet", "hf", "reasoning_gym", "champ")
+
+
 def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
     """Problems described by one config block at `where` (`data.source` or an `eval.suites` entry).
 
-    `name` prefixes the ids of generated problems.
+    `name` prefixes the ids of generated problems; `spec.limit` keeps the first n problems (quick runs).
     """
     kind = spec.get("kind")
     if kind == "arithmetic":
-        return arithmetic(n=spec["n"], digits=spec["digits"], ops=tuple(spec["ops"]), terms=spec.get("terms", 2),
-                          seed=spec["seed"], name=name)
-    if kind == "jsonl":
-        return read_jsonl(spec["path"], dict(spec["fields"]), where)
-    if kind == "verl_parquet":
-        return read_verl_parquet(spec["path"], where)
-    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic', 'jsonl' or 'verl_parquet'")
+        problems = arithmetic(n=spec["n"], digits=spec["digits"], ops=tuple(spec["ops"]),
+                              terms=spec.get("terms", 2), seed=spec["seed"], name=name)
+    elif kind == "jsonl":
+        problems = read_jsonl(spec["path"], spec, where)
+    elif kind == "verl_parquet":
+        problems = read_verl_parquet(spec["path"], where, spec)
+    elif kind == "hf":
+        problems = read_hf(spec, where)
+    elif kind == "reasoning_gym":
+        problems = read_reasoning_gym(spec, where)
+    elif kind == "champ":
+        problems = read_champ(spec, where)
+    else:
+        raise ValueError(f"{where}.kind={kind!r}: choose one of {', '.join(KINDS)}")
+    if spec.get("limit") is not None:
+        if spec["limit"] < 1:
+            raise ValueError(f"{where}.limit={spec['limit']}: must be >= 1 (or null for all problems)")
+        problems = problems[: spec["limit"]]
+    return problems
 
 
 def split_heldout(problems: list[Problem], n_heldout: int, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """(training pool, in-domain held-out problems), disjoint and deterministic in `seed`."""
-    if n_heldout >= len(problems):
-        raise ValueError(f"data.heldout={n_heldout} leaves no training problems out of {len(problems)}; lower it")
-    order = list(problems)
-    random.Random(f"heldout:{seed}").shuffle(order)
-    return order[n_heldout:], order[:n_heldout]
+    """(training pool, in-domain held-out problems), disjoint by problem id and deterministic in `seed`.
+
+    Rows repeated in a file (the paper's seen_1x64 is one problem x 64) are held out or kept together.
+    """
+    first: dict[str, Problem] = {}
+    for p in problems:
+        first.setdefault(p.id, p)
+    unique = list(first.values())
+    if n_heldout < 0 or n_heldout >= len(unique):
+        raise ValueError(f"data.heldout={n_heldout} leaves no training problems out of {len(unique)} distinct "
+                         "ones; lower it (0 = no in-domain evaluation)")
+    random.Random(f"heldout:{seed}").shuffle(unique)
+    held = unique[:n_heldout]
+    held_ids = {p.id for p in held}
+    if len(unique) == len(problems):
+        return unique[n_heldout:], held
+    return [p for p in problems if p.id not in held_ids], held
 
 
 def select_coverage(pool: list[Problem], unique: int | None, copies: int, seed: int) -> list[Problem]:

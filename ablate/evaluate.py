@@ -14,13 +14,14 @@ from ablate.markers import count_markers
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, temperature: float, top_p: float, max_new_tokens: int,
+def generate(model, tokenizer, prompts: list[str | list[dict]], *, temperature: float, top_p: float, max_new_tokens: int,
              batch_size: int, chat_template_kwargs: dict | None = None, desc: str = "generate") -> list[tuple[str, int]]:
-    """(response text, response length in tokens) for each user prompt, in order."""
+    """(response text, response length in tokens) for each prompt (a user message or a chat), in order."""
     model.eval()
     device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False, **(chat_template_kwargs or {})) for p in prompts]
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False, **(chat_template_kwargs or {}))
+             for c in chats]
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     out: list[tuple[str, int]] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
@@ -39,7 +40,8 @@ def score(completion: str, length: int, problem: Problem, words, mode: str) -> d
     """One per-sample record: correctness, length and marker counts."""
     counts = count_markers(completion, words, mode)
     return {"problem_id": problem.id, "completion": completion, "answer": problem.answer,
-            "correct": is_correct(completion, problem.answer), "exact_match": exact_match(completion, problem.answer),
+            "correct": is_correct(completion, problem.answer, problem.grader),
+            "exact_match": exact_match(completion, problem.answer, problem.grader),
             "length": length, "markers": sum(counts.values()), "marker_counts": counts}
 
 
@@ -85,7 +87,7 @@ def evaluate(model, tokenizer, suites: dict[str, list[Problem]], ev: dict, chat_
     samples, metrics = [], []
     for name, problems in suites.items():
         jobs = [(p, i) for p in problems for i in range(ev["k"])]
-        results = generate(model, tokenizer, [p.prompt for p, _ in jobs], temperature=ev["temperature"],
+        results = generate(model, tokenizer, [p.messages() for p, _ in jobs], temperature=ev["temperature"],
                            top_p=ev["top_p"], max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                            chat_template_kwargs=chat_template_kwargs, desc=f"eval {stage} {name}")
         rows = [{"eval_set": name, "sample_idx": i, **score(text, n, p, ev["markers"]["words"], ev["markers"]["mode"])}

@@ -46,13 +46,13 @@ def test_coverage_errors_name_the_fix():
 def test_jsonl_loads_and_reports_missing_columns(tmp_path):
     f = tmp_path / "train.jsonl"
     f.write_text(json.dumps({"id": "a", "prompt": "1+1?", "answer": "2"}) + "\n")
-    assert read_jsonl(str(f), FIELDS, "data.source")[0].answer == "2"
+    assert read_jsonl(str(f), {"fields": FIELDS}, "data.source")[0].answer == "2"
     f.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
     with pytest.raises(ValueError, match=r"train.jsonl:1: missing column 'prompt'.*data.source.fields.prompt"):
-        read_jsonl(str(f), FIELDS, "data.source")
+        read_jsonl(str(f), {"fields": FIELDS}, "data.source")
     f.write_text("{not json\n")
     with pytest.raises(ValueError, match="train.jsonl:1: not valid JSON"):
-        read_jsonl(str(f), FIELDS, "data.source")
+        read_jsonl(str(f), {"fields": FIELDS}, "data.source")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load({"kind": "jsonl", "path": str(tmp_path / "none.jsonl"), "fields": FIELDS}, "data.source")
 
