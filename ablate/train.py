@@ -17,7 +17,7 @@ from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilde
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
-from ablate import check_stop, grading, teacher  # noqa: E402
+from ablate import check_stop, grading, models, teacher  # noqa: E402
 from ablate.markers import count_markers  # noqa: E402
 from ablate.data import Problem  # noqa: E402
 
@@ -73,7 +73,7 @@ def dataset_rows(problems: list[Problem], richness: dict, tcfg: dict) -> list[di
     """Training rows: chat prompt, gold answer and, for a dataset-sourced teacher, the privileged context."""
     rows = []
     for p in problems:
-        row = {"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer, "problem_id": p.id}
+        row = {"prompt": p.messages(), "answer": p.answer, "grader": p.grader, "problem_id": p.id}
         if richness["source"] == "reference":
             try:
                 context = teacher.context_text(p.solution, richness["content"], p.answer, tcfg["answer_template"])
@@ -215,6 +215,8 @@ def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], out
     rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
     common = dict(model=str(model_path), args=args, train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer, callbacks=list(callbacks))
+    if cfg["model"].get("lora"):  # LoRA adapters instead of a full fine-tune (OPSD's way to fit 8B on one GPU)
+        common["peft_config"] = models.lora_config(cfg["model"])
     if trainer_cls is SDFTTrainer:
         if "privileged_context" not in rows[0]:
             raise ValueError(f"objective={cfg['objective']['name']} reads its teacher context from the dataset: "
@@ -240,8 +242,8 @@ def check_teacher_prompts(cfg: dict, tokenizer, problems: list[Problem], limit: 
     if limit is None or cfg["objective"]["trainer_class"] == "grpo" or r["source"] != "reference":
         return
     rows = dataset_rows(problems, r, t)
-    texts = [[{"role": "user", "content": t["template"].format(prompt=row["prompt"][0]["content"],
-                                                              context=row["privileged_context"])}] for row in rows]
+    texts = [row["prompt"][:-1] + [{"role": "user", "content": t["template"].format(
+        prompt=row["prompt"][-1]["content"], context=row["privileged_context"])}] for row in rows]
     ids = tokenizer.apply_chat_template(texts, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         **(cfg["model"].get("chat_template_kwargs") or {}))["input_ids"]
     longest = max(range(len(ids)), key=lambda i: len(ids[i]))
