@@ -49,6 +49,8 @@ def masked_mean(per_token, mask):
 def egrsd_weights(student_logp, teacher_logp, teacher_entropy, success, *, ratio_clip, entropy_floor, max_entropy):
     """EGRSD (Ke, Wen et al., arXiv 2605.13255) token weight = direction x ratio magnitude x entropy gate.
 
+    The paper names the three factors; their forms below are this implementation's reading of it.
+
     direction: +1 on successful rollouts, -1 on failed ones (the reward-grounded sign).
     magnitude: the teacher/student likelihood ratio in that direction, exp(direction * (log p_T - log p_S)), capped at
       `ratio_clip`: a success reinforces most the tokens the teacher favours more than the student; a failure
@@ -81,7 +83,7 @@ def vopd_advantages(student_logp, teacher_logp, reverse_kl, *, baseline: bool):
 
 def entropy_gate(teacher_entropy, mask, *, entropy_threshold):
     """AntiSD's gate: 1 while the teacher's mean entropy over unmasked tokens is >= the threshold, 0 once it collapses
-    below it (and 0 when no token is unmasked)."""
+    below it (and 0 when no token is unmasked). Per batch, as the paper turns the term off once the teacher collapses."""
     mask = mask.to(teacher_entropy.dtype)
     n = mask.sum()
     if n == 0:
@@ -101,6 +103,7 @@ def rlrt_bonus(student_logp, teacher_logp, success, mask, *, bonus_coef, bonus_c
 
     On successful rollouts only, tokens the teacher did not predict (log p_T/p_S < 0, the student's self-driven
     choices) get bonus_coef * min(log p_S - log p_T, bonus_cap); every other token gets 0. Added to GRPO's advantage.
+    The paper reinforces those tokens; this linear, capped bonus is this implementation's reading of how.
     """
     surprise = (student_logp - teacher_logp).detach().clamp(min=0.0, max=bonus_cap)
     return bonus_coef * success.to(surprise.dtype).unsqueeze(-1) * mask.to(surprise.dtype) * surprise
