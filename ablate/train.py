@@ -18,10 +18,14 @@ from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
 from ablate import check_stop, grading, models, teacher  # noqa: E402
+from ablate.objectives import AntiSDTrainer, EGRSDTrainer, ObjectiveTrainer, RLRTTrainer, VOPDTrainer  # noqa: E402
 from ablate.markers import count_markers  # noqa: E402
 from ablate.data import Problem  # noqa: E402
 
-TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer)}
+TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer),
+            # the citing papers' objectives (ablate/objectives.py): SDPO with its loss term replaced
+            "egrsd": (SDPOConfig, EGRSDTrainer), "vopd": (SDPOConfig, VOPDTrainer),
+            "antisd": (SDPOConfig, AntiSDTrainer), "rlrt": (SDPOConfig, RLRTTrainer)}
 # Sent to SDPO as "environment feedback" so that, with richness none and a dataset source, every sample is
 # distilled; the builder below ignores its text.
 _NO_CONTEXT = "(no context)"
@@ -56,7 +60,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
     if cfg["richness"]["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
-    if kind == "sdpo":
+    if config_cls is SDPOConfig:
         # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
         # for the prompt, a full-length demonstration and the template.
         kwargs.setdefault("max_reprompt_len", (kwargs.get("max_prompt_length") or 2048)
@@ -206,6 +210,9 @@ def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], out
     """
     config_cls, kwargs = trainer_args(cfg, output_dir)
     trainer_cls = TRAINERS[cfg["objective"]["trainer_class"]][1]
+    if cfg["objective"].get("loss") and not issubclass(trainer_cls, ObjectiveTrainer):
+        raise ValueError(f"objective.loss: trainer_class={cfg['objective']['trainer_class']} has no loss knobs; "
+                         "remove the block or use an objective whose trainer reads it")
     words, mode = cfg["eval"]["markers"]["words"], cfg["eval"]["markers"]["mode"]
     reward_funcs = list(reward_funcs or [grading.reward])
     if trainer_cls is not SDFTTrainer and "reward_weights" not in kwargs:
@@ -227,8 +234,10 @@ def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], out
         logger.trainer = trainer
         trainer.teacher_context_builder = RichnessSDFTBuilder(trainer, cfg["richness"], cfg["teacher"])
     else:
+        if issubclass(trainer_cls, ObjectiveTrainer):
+            common["loss"] = cfg["objective"].get("loss")
         trainer = trainer_cls(reward_funcs=reward_funcs, **common)
-        if trainer_cls is SDPOTrainer:
+        if issubclass(trainer_cls, SDPOTrainer):
             trainer.teacher_context_builder = RichnessSDPOBuilder(trainer, cfg["richness"], cfg["teacher"])
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
