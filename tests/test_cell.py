@@ -39,7 +39,7 @@ def test_failures_are_recorded_and_leave_other_rows_alone(fast_cfg, tmp_path, ca
     db = tmp_path / "results.sqlite"
     before = _rows(db, "select * from samples order by id")
     bad = [("coverage=seen_512", "coverage.unique=512 but the training pool has only"),
-           ("model.build=null model.path=/no/such/model", "model.path=/no/such/model: no such folder"),
+           ("model.build=null model.path=/no/such/model", "model.path=/no/such/model: no such file or folder"),
            ("data.source.kind=jsonl +data.source.path=/no/such.jsonl +data.source.fields={prompt:q,answer:a}",
             "/no/such.jsonl does not exist"),
            ("richness=medium objective=sdft coverage=seen_8x8 trainer.max_prompt_length=20", "silently truncate")]

@@ -51,3 +51,14 @@ def test_bad_parquet_input_names_file_row_and_field(tmp_path):
     text.write_text("not parquet")
     with pytest.raises(ValueError, match="text.parquet: not a parquet file"):
         read_verl_parquet(str(text), "data.source")
+
+
+@needs_data
+def test_coverage_drawn_from_a_paper_file_is_nested_and_deterministic():
+    from ablate.data import select_coverage, split_heldout
+
+    pool, held = split_heldout(read_verl_parquet(str(VERL / "section_6_2" / "seen_512.parquet"), "x"), 32, seed=0)
+    draws = [{p.id for p in select_coverage(pool, n, 1, seed=0)} for n in (8, 64, 128, 256)]
+    assert all(small < big for small, big in zip(draws, draws[1:]))
+    assert draws[1] == {p.id for p in select_coverage(pool, 64, 1, seed=0)}
+    assert not draws[-1] & {p.id for p in held}
