@@ -20,7 +20,7 @@ def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]
     if k < 1 or keep < 1:
         raise ValueError(f"objective.sft.samples_per_problem={k}, objective.sft.max_per_problem={keep}: both must be >= 1")
     model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
-    _, groups = probe.sample(model, tokenizer, problems, cfg, k, cfg["seed"], "sft unguided", eval_set="sft")
+    _, groups = probe.sample(model, tokenizer, problems, cfg, k, 2 * cfg["seed"], "sft unguided", eval_set="sft")
     sampled = len(problems) * k
     if spec["guided"]:
         hints = [probe.hint(p, g, richness["source"], "sft unguided")[0] for p, g in zip(problems, groups)]
@@ -30,7 +30,7 @@ def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]
                              "to hint with; raise objective.sft.samples_per_problem or set richness.source=reference")
         problems = [p for p, _ in pairs]
         asked = [teacher.hinted(p, h, richness, cfg["teacher"]) for p, h in pairs]
-        groups = probe.sample(model, tokenizer, asked, cfg, k, cfg["seed"] + 1, "sft guided", eval_set="sft")[1]
+        groups = probe.sample(model, tokenizer, asked, cfg, k, 2 * cfg["seed"] + 1, "sft guided", eval_set="sft")[1]
         sampled = len(asked) * k
     del model
     chat = cfg["model"].get("chat_template_kwargs") or {}

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from ablate import data, evaluate, probe
+from ablate import data, evaluate, probe, query, report
 from tests.conftest import make_cfg
 
 K = 4
@@ -38,6 +38,13 @@ def test_probe_records_every_round_on_the_tiny_model(fast_cfg, tmp_path):
     assert len(settings["hints"]) == 8 and all(h == {"from": "reference"} for h in settings["hints"].values())
     # the same probe again is skipped (config hash)
     assert probe.run(cfg) == "skipped"
+    # the query CLI reads the rounds; its trained/base pivot and the report (cells only) leave the probe out
+    url = f"sqlite:///{db}"
+    eng = query.reader(url)
+    assert set(query.read(eng, "SELECT DISTINCT stage FROM run_metrics").stage) == set(counts)
+    with pytest.raises(query.QueryError, match="no values for metric"):
+        query.pivot(eng, "accuracy", "richness", "objective", "probe", "trained", {})
+    assert report.load(eng, report.Selection()).runs.empty
 
 
 def _answer(prompt: str) -> int:
