@@ -18,10 +18,13 @@ def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]
     spec, richness = cfg["objective"]["sft"], cfg["richness"]
     k, keep = spec["samples_per_problem"], spec["max_per_problem"]
     if k < 1 or keep < 1:
-        raise ValueError(f"objective.sft.samples_per_problem={k}, objective.sft.max_per_problem={keep}: both must be >= 1")
+        raise ValueError(f"objective.sft.samples_per_problem={k}, objective.sft.max_per_problem={keep}: "
+                         "both must be >= 1")
     model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
-    _, groups = probe.sample(model, tokenizer, problems, cfg, k, 2 * cfg["seed"], "sft unguided", eval_set="sft")
-    sampled = len(problems) * k
+    groups, sampled = [[] for _ in problems], 0
+    if not spec["guided"] or richness["source"] == "sibling":  # a reference-sourced hint needs no unguided pass
+        _, groups = probe.sample(model, tokenizer, problems, cfg, k, 2 * cfg["seed"], "sft unguided", eval_set="sft")
+        sampled = len(problems) * k
     if spec["guided"]:
         hints = [probe.hint(p, g, richness["source"], "sft unguided")[0] for p, g in zip(problems, groups)]
         pairs = [(p, h) for p, h in zip(problems, hints) if h is not None or richness["content"] == "none"]
@@ -30,7 +33,8 @@ def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]
                              "to hint with; raise objective.sft.samples_per_problem or set richness.source=reference")
         problems = [p for p, _ in pairs]
         asked = [teacher.hinted(p, h, richness, cfg["teacher"]) for p, h in pairs]
-        groups = probe.sample(model, tokenizer, asked, cfg, k, 2 * cfg["seed"] + 1, "sft guided", eval_set="sft")[1]
+        groups = probe.sample(model, tokenizer, asked, cfg, k, 2 * cfg["seed"] + 1, "sft guided",
+                              eval_set="sft")[1]
         sampled = len(asked) * k
     del model
     chat = cfg["model"].get("chat_template_kwargs") or {}

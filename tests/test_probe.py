@@ -80,7 +80,8 @@ def test_band_selects_exactly_the_problems_solved_sometimes_and_rounds_chain(tmp
     seen = []  # the prompts of each generate() call: one call per stage (eval.batch_size=1000)
     monkeypatch.setattr(evaluate, "generate", stub_generate(seen))
     cfg = make_cfg("coverage=seen_64", f"probe.k={K}", "eval.batch_size=1000", "probe.solve_rate_min=0.25",
-                   "probe.solve_rate_max=0.5", "probe.max_problems=null", "probe.rounds=2", "richness=high", "richness.source=sibling",
+                   "probe.solve_rate_max=0.5", "probe.max_problems=null", "probe.rounds=2", "richness=high",
+                   "richness.source=sibling",
                    tmp=tmp_path)
     assert probe.run(cfg) == "completed"
     pool, _ = data.split_heldout(data.load(cfg.data.source, "data.source", "arithmetic"), cfg.data.heldout,

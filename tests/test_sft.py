@@ -25,7 +25,8 @@ def stub_generate(seen: list):
         for i, prompt in enumerate(prompts):
             idx, ans, hinted = i % K, _answer(prompt), "Correct solution:" in prompt
             right = idx < 3 if hinted else idx % 2 == 1
-            text = f"<think>{'guided' if hinted else 'plain wait'} {idx}</think>\n\\boxed{{{ans if right else ans + 1}}}"
+            said = ans if right else ans + 1
+            text = f"<think>{'guided' if hinted else 'plain wait'} {idx}</think>\n\\boxed{{{said}}}"
             out.append((text, len(text)))
         return out
 
@@ -62,6 +63,17 @@ def test_sets_keep_only_correct_responses_under_the_plain_prompt(objective, fast
                                                                                           "<think>guided 1"]
     assert stats["sft/sampled_accuracy"] == (0.75 if guided else 0.5)
     assert stats["sft/markers_per_response"] == (0.0 if guided else 1.0)  # "wait" in every unguided response
+
+
+def test_guided_with_reference_solutions_hints_every_problem_without_an_unguided_pass(fast_cfg, monkeypatch):
+    seen = []
+    monkeypatch.setattr(evaluate, "generate", stub_generate(seen))
+    cfg, path, problems = _setup(fast_cfg, "objective=sft_guided", "richness=medium", "richness.source=reference")
+    rows, stats = sft.build_rows(cfg, path, problems)
+    assert len(seen) == 1 and len(seen[0]) == K * len(problems)
+    solutions = [p.solution.split("</think>")[1].strip() for p in problems for _ in range(K)]  # medium: no thinking
+    assert all(f"Correct solution:\n\n{s}\n" in prompt for s, prompt in zip(solutions, seen[0], strict=True))
+    assert stats["sft/rows"] == 2 * len(problems) and stats["sft/sampled"] == K * len(problems)
 
 
 def test_no_correct_response_fails_with_one_line(fast_cfg):
