@@ -1,5 +1,6 @@
 """`python -m ablate` / `ablate`: run one cell, or a grid with -m (Hydra multirun).
 
+`ablate probe [overrides]` runs the off-policy hint probe (ablate/probe.py) on the same config;
 `ablate query ...`, `ablate db ...` and `ablate report ...` reach the query, database and report commands.
 """
 
@@ -19,17 +20,28 @@ _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else "pkg://ablate.conf"
 
 
+def _launch(run, cfg: DictConfig) -> str:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
+    status = run(cfg, sweep=sweep, output_dir=hc.runtime.output_dir)
+    if status in ("failed", "interrupted") and not multirun:
+        sys.exit(1)
+    return status
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def _cell(cfg: DictConfig) -> str:
     from ablate import cell  # heavy imports after Hydra has parsed the command line (fast --help)
 
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
-    status = cell.run(cfg, sweep=sweep, output_dir=hc.runtime.output_dir)
-    if status in ("failed", "interrupted") and not multirun:
-        sys.exit(1)
-    return status
+    return _launch(cell.run, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _probe(cfg: DictConfig) -> str:
+    from ablate import probe
+
+    return _launch(probe.run, cfg)
 
 
 def _stop(signum, _frame):
@@ -56,6 +68,10 @@ def main() -> None:
         from ablate.record import db_main
 
         sys.exit(db_main(argv))
+    if len(sys.argv) > 1 and sys.argv[1] == "probe":  # the hint probe: the same Hydra config and overrides
+        del sys.argv[1]
+        _probe()
+        return
     _cell()
 
 

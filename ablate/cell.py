@@ -31,8 +31,14 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     A cell whose config hash already completed is skipped (unless force=true), as is one that a live
     process is running; a running row without a recent heartbeat is stale and the cell runs again.
     """
-    check_stop()  # a stopped sweep starts no new cell
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("probe", None)  # the hint probe's settings: no part of a cell (nor of its config hash)
+    return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
+
+
+def execute(resolved: dict, sweep: str, body) -> str:
+    """Skip, start, run `body(engine, run_id)` and record a run of `resolved` (a cell or the hint probe)."""
+    check_stop()  # a stopped sweep starts no new cell
     db = resolved["db"]
     eng = record.engine(db["url"])
     if record.revision(eng) != record.HEAD:
@@ -48,7 +54,7 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
                               axes=axes)
     try:
         with record.Heartbeat(eng, run_id, db["heartbeat_seconds"]):
-            _run(resolved, eng, run_id, output_dir, reward_funcs)
+            body(eng, run_id)
         return "completed"
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see __main__): record, then stop the whole sweep
         record.end_run(eng, run_id, "interrupted", f"interrupted ({err or 'SIGINT'})\n" + traceback.format_exc())

@@ -110,7 +110,7 @@ def pivot(eng: Engine, metric: str, rows: str, cols: str, eval_set: str, stage: 
     where, params = _where({**filters, "status": filters.get("status", "completed")})
     params.update(metric=metric, eval_set=eval_set)
     df = read(eng, f"SELECT run_id, {rows} AS r, {cols} AS c, stage, value FROM run_metrics{where} "
-                   "AND metric = :metric AND eval_set = :eval_set", params)
+                   "AND metric = :metric AND eval_set = :eval_set AND stage IN ('base', 'trained')", params)
     if df.empty:
         known = read(eng, "SELECT DISTINCT metric, eval_set FROM run_metrics")
         raise QueryError(f"no values for metric={metric!r} eval set={eval_set!r}; metrics: "

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 # A source checkout keeps migrations in db/migrations; an installed wheel ships them as ablate/migrations.
 _SOURCE_MIGRATIONS = Path(__file__).resolve().parent.parent / "db" / "migrations"
 MIGRATIONS = _SOURCE_MIGRATIONS if _SOURCE_MIGRATIONS.is_dir() else Path(__file__).resolve().parent / "migrations"
-HEAD = "0002"  # the newest migration; Base.metadata below matches it
+HEAD = "0003"  # the newest migration; Base.metadata below matches it
 
 
 class SchemaError(RuntimeError):
@@ -65,7 +65,7 @@ class Evaluation(Base):
 
     __tablename__ = "evaluations"
     id: Mapped[int] = mapped_column(primary_key=True)
-    stage: Mapped[str] = mapped_column(String(16))  # base | trained
+    stage: Mapped[str] = mapped_column(String(16))  # base | trained | probe_screen | probe_round_N
     key: Mapped[str | None] = mapped_column(String(64), unique=True)  # base evaluations: model + eval settings
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)  # trained evaluations
     settings: Mapped[dict] = mapped_column(JSON)
@@ -342,6 +342,21 @@ def finish_run(eng: Engine, run_id: int, *, base_evaluation_id: int, train_steps
         run.base_evaluation_id = base_evaluation_id
         run.status, run.ended_at = "completed", now()
         return ev.id
+
+
+def finish_evaluations(eng: Engine, run_id: int, evaluations: list[dict]) -> None:
+    """Record a completed run that evaluates without training (the hint probe): its evaluations, each with
+    `stage`, `settings`, `seconds`, `samples` and `metrics`, and its status, in one transaction."""
+    with Session(eng) as s, s.begin():
+        for result in evaluations:
+            ev = Evaluation(stage=result["stage"], run_id=run_id, settings=result["settings"],
+                            seconds=result["seconds"], created_at=now())
+            s.add(ev)
+            s.flush()
+            s.add_all(Sample(evaluation_id=ev.id, **row) for row in result["samples"])
+            s.add_all(Metric(evaluation_id=ev.id, **row) for row in result["metrics"])
+        run = s.get(Run, run_id)
+        run.status, run.ended_at = "completed", now()
 
 
 def db_main(argv: list[str] | None = None) -> int:

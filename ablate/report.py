@@ -35,7 +35,7 @@ from sqlalchemy import Float, case, cast, func, select, union
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ablate import __version__, record
+from ablate import __version__, probe, record
 from ablate.markers import PAPER_MARKERS
 from ablate.query import DEFAULT_DB, QueryError, reader
 
@@ -104,6 +104,7 @@ def _where(sel: Selection) -> list:
     clauses = [RUN.c[col].in_(values) for col, values in (("sweep", sel.sweeps), ("model", sel.models),
                                                           ("objective", sel.objectives)) if values]
     clauses += [RUN.c.started_at >= sel.since] if sel.since else []
+    clauses += [RUN.c.objective != probe.OBJECTIVE]  # hint-probe runs train nothing: `ablate query` reads them
     return clauses + ([RUN.c.started_at < sel.until] if sel.until else [])
 
 

@@ -3,6 +3,7 @@
 Pure string functions; train.py plugs them into TRL's teacher-context builders.
 """
 
+import dataclasses
 import re
 
 from ablate.grading import last_boxed
@@ -62,3 +63,18 @@ def teacher_prompt(prompt: str, solution: str | None, content: str, answer: str 
     if context is None:
         return prompt
     return template.format(prompt=prompt, context=context)
+
+
+def hinted(problem, solution: str | None, richness: dict, tcfg: dict):
+    """`problem` (a data.Problem) asked with the teacher's prompt: the hint `solution`, cut by richness.
+
+    As for the training teacher, a dataset-sourced context (richness.source=reference) states the gold answer
+    and a sibling-sourced one reads it from the solution's last \\boxed{}.
+    """
+    answer = problem.answer if richness["source"] == "reference" else None
+    try:
+        prompt = teacher_prompt(problem.prompt, solution, richness["content"], answer, tcfg["template"],
+                                tcfg["answer_template"])
+    except ValueError as err:
+        raise ValueError(f"richness={richness['name']}: problem {problem.id}: {err}") from None
+    return dataclasses.replace(problem, prompt=prompt)

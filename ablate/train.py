@@ -11,13 +11,13 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # noqa: E402
 from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder  # noqa: E402
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
-from ablate import check_stop, grading, models, teacher  # noqa: E402
+from ablate import check_stop, grading, models, sft, teacher  # noqa: E402
 from ablate.objectives import AntiSDTrainer, EGRSDTrainer, ObjectiveTrainer, RLRTTrainer, VOPDTrainer  # noqa: E402
 from ablate.markers import count_markers  # noqa: E402
 from ablate.data import Problem  # noqa: E402
@@ -25,7 +25,8 @@ from ablate.data import Problem  # noqa: E402
 TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer),
             # the citing papers' objectives (ablate/objectives.py): SDPO with its loss term replaced
             "egrsd": (SDPOConfig, EGRSDTrainer), "vopd": (SDPOConfig, VOPDTrainer),
-            "antisd": (SDPOConfig, AntiSDTrainer), "rlrt": (SDPOConfig, RLRTTrainer)}
+            "antisd": (SDPOConfig, AntiSDTrainer), "rlrt": (SDPOConfig, RLRTTrainer),
+            "sft": (SFTConfig, SFTTrainer)}
 # Sent to SDPO as "environment feedback" so that, with richness none and a dataset source, every sample is
 # distilled; the builder below ignores its text.
 _NO_CONTEXT = "(no context)"
@@ -55,7 +56,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
                 raise ValueError(f"{section}.{key}: not a field of {config_cls.__name__}{hint}")
     kwargs.update(output_dir=output_dir, seed=cfg["seed"], use_cpu=not torch.cuda.is_available())
     # Rollouts use the same chat template settings (Qwen3 enable_thinking) and dtype as evaluation.
-    if cfg["model"].get("chat_template_kwargs"):
+    if cfg["model"].get("chat_template_kwargs") and "chat_template_kwargs" in fields:  # SFT: a dataset column
         kwargs.setdefault("chat_template_kwargs", dict(cfg["model"]["chat_template_kwargs"]))
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
     if cfg["richness"]["source"] not in ("sibling", "reference"):
@@ -213,6 +214,15 @@ def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], out
     if cfg["objective"].get("loss") and not issubclass(trainer_cls, ObjectiveTrainer):
         raise ValueError(f"objective.loss: trainer_class={cfg['objective']['trainer_class']} has no loss knobs; "
                          "remove the block or use an objective whose trainer reads it")
+    if trainer_cls is SFTTrainer:  # no rollouts: the model's own correct responses, sampled once before training
+        rows, stats = sft.build_rows(cfg, model_path, problems)
+        trainer = SFTTrainer(model=str(model_path), args=config_cls(**kwargs), train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=list(callbacks))
+        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs=stats)  # step 0
+        trainer.remove_callback(PrinterCallback)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(QuietProgress)
+        return trainer
     words, mode = cfg["eval"]["markers"]["words"], cfg["eval"]["markers"]["mode"]
     reward_funcs = list(reward_funcs or [grading.reward])
     if trainer_cls is not SDFTTrainer and "reward_weights" not in kwargs:
