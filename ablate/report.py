@@ -35,7 +35,7 @@ from sqlalchemy import Float, case, cast, func, select, union
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ablate import __version__, probe, record
+from ablate import __version__, directions, probe, record
 from ablate.markers import PAPER_MARKERS
 from ablate.query import DEFAULT_DB, QueryError, reader
 
@@ -399,6 +399,7 @@ class Analysis:
     steps: pd.DataFrame     # canonical curves with the runs' axes
     compared: pd.DataFrame | None
     eval_sets: list[str]
+    directions: pd.DataFrame
     panel_keys: list[str]
     total_runs: int
 
@@ -415,7 +416,8 @@ def analyse_runs(data: Data, sel: Selection) -> Analysis:
     return Analysis(sel=sel, runs=data.runs, grid=grid(data.runs, sel.split), picked=picked, cells=empty, base=empty,
                     words=marker_words(picked, data.trained, data.metrics, panel),
                     steps=data.steps.merge(picked[["run_id", *sel.split, *AXES, "seed"]], on="run_id"),
-                    compared=None, eval_sets=[], panel_keys=panel, total_runs=data.total_runs)
+                    compared=None, eval_sets=[], panel_keys=panel, total_runs=data.total_runs,
+                    directions=directions.check(pd.DataFrame(), pd.DataFrame()))
 
 
 def with_samples(a: Analysis, data: Data) -> Analysis:
@@ -424,7 +426,8 @@ def with_samples(a: Analysis, data: Data) -> Analysis:
     cells = cell_stats(paired, a.picked, [*a.panel_keys, "richness", "coverage"])
     return replace(a, cells=cells, base=base_stats(paired, a.picked, a.panel_keys),
                    compared=compare(cells, *a.sel.compare) if a.sel.compare and not cells.empty else None,
-                   eval_sets=sorted(map(str, paired.eval_set.unique())))
+                   eval_sets=sorted(map(str, paired.eval_set.unique())),
+                   directions=directions.check(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked))
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -944,6 +947,14 @@ retried.</p>{% endif %}
 {% if h.fixed %}<details><summary>Settings shared by all runs</summary>{{ h.fixed }}</details>{% endif %}
 {% endif %}
 
+{% if directions %}<h2 id="directions">The paper's four directions</h2>
+<p class="note">Each claim checked on this selection with a rule fixed in advance (ablate/directions.py):
+<b>holds</b> = the predicted sign, at least 2 standard errors from zero; <b>opposite</b> = 2 standard errors the
+other way; otherwise <b>not significant</b>. Self-distillation cells are those whose teacher sees a context
+(richness other than none), pooled over seeds and the other axis; units are problem × run means.</p>
+{{ directions }}
+{% endif %}
+
 <h2 id="figures">Figures</h2>
 {% if n_panels > figure_panels %}<p class="note">Figures with a row per model × objective show the first
 {{ figure_panels }} of {{ n_panels }}; the tables below show all.</p>{% endif %}
@@ -1018,10 +1029,21 @@ def _compare_panels(a: Analysis) -> list[dict]:
     return out
 
 
+def _directions_table(a: Analysis) -> Markup | str:
+    d = a.directions
+    if d.empty:
+        return ""
+    rows = [[r.model, r.objective, f"({r.direction}) {r.claim}", r.comparison,
+             "-" if pd.isna(r.estimate) else _pm(r.estimate, r.se, 3, sign=True), r.n,
+             Markup(f'<span class="{ {"holds": "good", "opposite": "bad"}.get(r.verdict, "")}">{esc(r.verdict)}</span>')]
+            for r in d.itertuples()]
+    return _table(["model", "objective", "direction", "comparison", "estimate ± se", "n", "verdict"], rows)
+
+
 def sections(a: Analysis) -> dict:
     """The page's tables (all but figures and samples)."""
     h = _header(a) if len(a.runs) else {}
-    return {"h": h, "sweeps": _table(["sweep", "runs", "first started", "last started"], h["sweeps"]) if h else "",
+    return {"directions": _directions_table(a),"h": h, "sweeps": _table(["sweep", "runs", "first started", "last started"], h["sweeps"]) if h else "",
             "axes": _table(["axis", "levels (completed runs)"], h["axes"]) if h else "",
             "panels": _tables(a) if len(a.picked) else [], "compared": _compare_panels(a)}
 

@@ -61,6 +61,7 @@ def stub_generate(seen: list):
     right and say "wait"; hinted, every sample but the first is right, says no marker and names its depth."""
 
     def generate(model, tokenizer, prompts, **_):
+        prompts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]  # chats: the user message
         seen.append(list(prompts))
         out = []
         for i, prompt in enumerate(prompts):

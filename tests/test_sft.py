@@ -20,6 +20,7 @@ def stub_generate(seen: list):
     """Unhinted: samples 1 and 3 of each problem are right ("plain"); hinted: samples 0, 1 and 2 ("guided")."""
 
     def generate(model, tokenizer, prompts, **_):
+        prompts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]  # chats: the user message
         seen.append(list(prompts))
         out = []
         for i, prompt in enumerate(prompts):

@@ -1,0 +1,112 @@
+"""The paper's four directions, checked on whatever a sweep measured (the report's first table).
+
+1. markers per response fall as richness rises;        (self-distillation: richest context - no context)
+2. response length falls as richness rises;            (same comparison)
+3. with narrow coverage, in-domain accuracy rises;     (self-distillation at the fewest training problems:
+                                                        trained - starting model, paired by problem)
+4. with broad coverage, OOD accuracy falls below GRPO. (self-distillation - GRPO at the most problems)
+
+The rule is fixed before looking at any result: an estimate "holds" when it has the predicted sign and lies at
+least Z standard errors from zero, is "opposite" when it lies Z standard errors on the other side, and is "not
+significant" otherwise. Units are (run, eval set, problem) means, as in the report's tables; self-distillation
+cells are those whose teacher sees a context (richness.content != none), pooled over the other axes and seeds.
+"""
+
+import json
+import math
+
+import pandas as pd
+
+Z = 2.0
+IN_DOMAIN = "in_domain"
+CONTENT_ORDER = ["none", "answer", "solution_no_thinking", "solution"]  # richness.content, poorest to richest
+CLAIMS = {
+    1: ("markers per response fall as richness rises", -1),
+    2: ("response length falls as richness rises", -1),
+    3: ("with narrow coverage, in-domain accuracy rises under self-distillation", +1),
+    4: ("with broad coverage, out-of-domain accuracy under self-distillation falls below GRPO's", -1),
+}
+
+
+def _mean_se(x: pd.Series) -> tuple[float, float, int]:
+    x = x.dropna()
+    n = len(x)
+    return (float(x.mean()) if n else math.nan, float(x.std() / math.sqrt(n)) if n > 1 else math.nan, n)
+
+
+def verdict(estimate: float, se: float, sign: int) -> str:
+    if math.isnan(estimate):
+        return "not measured"
+    z = estimate / se if se and not math.isnan(se) else (math.inf if estimate else 0.0)
+    if sign * z >= Z:
+        return "holds"
+    if sign * z <= -Z:
+        return "opposite"
+    return "not significant"
+
+
+def _row(number: int, estimate: float, se: float, n: int, comparison: str) -> dict:
+    claim, sign = CLAIMS[number]
+    return {"direction": number, "claim": claim, "comparison": comparison, "estimate": estimate, "se": se, "n": n,
+            "verdict": verdict(estimate, se, sign)}
+
+
+def _difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
+    (ma, sa, na), (mb, sb, nb) = _mean_se(a), _mean_se(b)
+    return ma - mb, math.sqrt(sa**2 + sb**2), min(na, nb)
+
+
+def _absent(number: int, why: str) -> dict:
+    return {**_row(number, math.nan, math.nan, 0, why), "verdict": "not measured"}
+
+
+def check(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x self-distillation objective x direction.
+
+    `rows`: per run x eval set x problem: run_id, eval_set, correct, length, markers and the starting model's
+    correct_b on the same problem. `runs`: run_id, model, objective, richness, coverage, config (resolved dict).
+    """
+    cols = ["model", "objective", "direction", "claim", "comparison", "estimate", "se", "n", "verdict"]
+    if rows.empty or runs.empty:
+        return pd.DataFrame(columns=cols)
+    info = runs[["run_id", "model", "objective", "richness", "coverage"]].copy()
+    configs = runs.config.map(lambda c: c if isinstance(c, dict) else json.loads(c or "{}"))
+    # runs recorded without these fields (hand-made databases) fall back to their axis names
+    info["trainer_class"] = [(c.get("objective") or {}).get("trainer_class", o) for c, o in zip(configs, runs.objective)]
+    info["content"] = [(c.get("richness") or {}).get("content", r) for c, r in zip(configs, runs.richness)]
+    info["content"] = info.content.where(info.content.isin(CONTENT_ORDER), "solution")
+    # narrow..broad by the number of distinct training problems (null = the whole pool)
+    unique = [(c.get("coverage") or {}).get("unique") for c in configs]
+    info["unique"] = [math.inf if u is None else u for u in unique]
+    rows = rows.merge(info, on="run_id")
+    out = []
+    for model, mrows in rows.groupby("model", sort=False):
+        grpo = mrows[mrows.trainer_class == "grpo"]
+        for objective, sd in mrows[~mrows.trainer_class.isin(["grpo", "sft"])].groupby("objective", sort=False):
+            with_context, control = sd[sd.content != "none"], sd[sd.content == "none"]
+            top = max(with_context.content, key=CONTENT_ORDER.index, default=None)
+            richest = with_context[with_context.content == top]
+            label = f"{objective}: richness {'/'.join(sorted(richest.richness.unique()))} - none"
+            for number, col in ((1, "markers"), (2, "length")):
+                if control.empty or richest.empty:
+                    out.append(_absent(number, "needs richness=none and a richer level"))
+                else:
+                    out.append(_row(number, *_difference(richest[col], control[col]), label))
+            narrow = with_context[with_context.unique == with_context.unique.min()]
+            ind = narrow[narrow.eval_set == IN_DOMAIN]
+            if ind.empty or with_context.unique.nunique() < 2:
+                out.append(_absent(3, "needs two coverage levels and in-domain evaluation"))
+            else:
+                out.append(_row(3, *_mean_se(ind.correct - ind.correct_b),
+                                f"{objective} at coverage={narrow.coverage.iloc[0]}: trained - starting model"))
+            broad_level = with_context.unique.max() if not with_context.empty else None
+            broad = with_context[(with_context.unique == broad_level) & (with_context.eval_set != IN_DOMAIN)]
+            base = grpo[(grpo.unique == broad_level) & (grpo.eval_set != IN_DOMAIN)]
+            if broad.empty or base.empty or with_context.unique.nunique() < 2:
+                out.append(_absent(4, "needs GRPO, two coverage levels and out-of-domain suites"))
+            else:
+                out.append(_row(4, *_difference(broad.correct, base.correct),
+                                f"{objective} - grpo at coverage={broad.coverage.iloc[0]}, out-of-domain sets"))
+            for r in out[-4:]:
+                r.update(model=model, objective=objective)
+    return pd.DataFrame(out, columns=cols)

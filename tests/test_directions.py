@@ -1,0 +1,82 @@
+"""The four-direction check: hand-made cells with known differences get the verdicts the fixed rule gives."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from ablate import directions
+
+
+def _config(trainer_class, content, unique):
+    return {"objective": {"trainer_class": trainer_class}, "richness": {"content": content},
+            "coverage": {"unique": unique}}
+
+
+RICHNESS = {"none": "none", "low": "answer", "high": "solution"}
+
+
+def _runs():
+    runs, rid = [], 0
+    for coverage, unique in (("narrow", 8), ("broad", None)):
+        for richness, content in RICHNESS.items():
+            rid += 1
+            runs.append({"run_id": rid, "model": "m", "objective": "sdpo", "richness": richness, "coverage": coverage,
+                         "config": _config("sdpo", content, unique)})
+        rid += 1
+        runs.append({"run_id": rid, "model": "m", "objective": "grpo", "richness": "none", "coverage": coverage,
+                     "config": _config("grpo", "none", unique)})
+    return pd.DataFrame(runs)
+
+
+def _rows(runs, markers, length, correct, noise=0.01):
+    """20 problems per run and eval set; value functions of the run give each unit's mean, plus tiny noise."""
+    out = []
+    for r in runs.itertuples():
+        for eval_set in ("in_domain", "ood"):
+            for i in range(20):
+                e = noise * ((i % 5) - 2)
+                out.append({"run_id": r.run_id, "eval_set": eval_set, "markers": markers(r) + e,
+                            "length": length(r) + e, "correct": correct(r, eval_set) + e, "correct_b": 0.5})
+    return pd.DataFrame(out)
+
+
+def test_a_sweep_built_to_show_all_four_directions_gets_holds():
+    runs = _runs()
+    rows = _rows(runs, markers=lambda r: {"none": 2.0, "low": 1.5, "high": 1.0}[r.richness],
+                 length=lambda r: {"none": 80, "low": 70, "high": 60}[r.richness],
+                 correct=lambda r, s: 0.7 if (r.coverage, s) == ("narrow", "in_domain") else
+                 (0.3 if r.objective == "sdpo" else 0.5))
+    found = directions.check(rows, runs).set_index("direction")
+    assert list(found.verdict) == ["holds"] * 4, found[["comparison", "estimate", "se", "verdict"]]
+    assert found.loc[1, "estimate"] == pytest.approx(-1.0)  # high (1.0) - none (2.0)
+    assert found.loc[2, "estimate"] == pytest.approx(-20.0)
+    assert found.loc[3, "estimate"] == pytest.approx(0.2)   # 0.7 trained - 0.5 starting model, narrow only
+    assert found.loc[4, "estimate"] == pytest.approx(-0.2)  # sdpo 0.3 - grpo 0.5 at broad coverage, OOD
+    assert "coverage=broad" in found.loc[4, "comparison"]
+
+
+def test_flat_and_reversed_results_are_reported_as_measured():
+    runs = _runs()
+    rows = _rows(runs, markers=lambda r: 1.0, length=lambda r: {"none": 60, "low": 70, "high": 80}[r.richness],
+                 correct=lambda r, s: 0.5, noise=0.2)
+    found = directions.check(rows, runs).set_index("direction")
+    assert found.loc[1, "verdict"] == "not significant"
+    assert found.loc[2, "verdict"] == "opposite"
+    assert found.loc[3, "verdict"] == "not significant" and found.loc[4, "verdict"] == "not significant"
+
+
+def test_missing_axes_are_not_measured():
+    runs = _runs()
+    runs = runs[(runs.coverage == "narrow") & (runs.objective == "sdpo") & (runs.richness != "none")]
+    rows = _rows(runs, lambda r: 1.0, lambda r: 50, lambda r, s: 0.5)
+    found = directions.check(rows, runs)
+    assert list(found.verdict) == ["not measured"] * 4
+    assert directions.check(pd.DataFrame(), pd.DataFrame()).empty
+
+
+def test_verdict_rule():
+    assert directions.verdict(-0.3, 0.1, -1) == "holds"
+    assert directions.verdict(-0.1, 0.1, -1) == "not significant"
+    assert directions.verdict(0.25, 0.1, -1) == "opposite"
+    assert directions.verdict(math.nan, 0.1, -1) == "not measured"
