@@ -1,6 +1,7 @@
 """`python -m ablate` / `ablate`: run one cell, or a grid with -m (Hydra multirun).
 
 `ablate probe [overrides]` runs the off-policy hint probe (ablate/probe.py) on the same config;
+`ablate build [overrides]` makes and evaluates the starting model once, recorded as a run (ablate/build.py);
 `ablate query ...`, `ablate db ...` and `ablate report ...` reach the query, database and report commands.
 """
 
@@ -44,6 +45,13 @@ def _probe(cfg: DictConfig) -> str:
     return _launch(probe.run, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _build(cfg: DictConfig) -> str:
+    from ablate import build
+
+    return _launch(build.run, cfg)
+
+
 def _stop(signum, _frame):
     # SIGTERM (a scheduler) and SIGINT (Ctrl-C) become a KeyboardInterrupt: the running cell is recorded as
     # interrupted and the sweep stops. The flag catches the case where Python swallows the exception.
@@ -68,9 +76,9 @@ def main() -> None:
         from ablate.record import db_main
 
         sys.exit(db_main(argv))
-    if len(sys.argv) > 1 and sys.argv[1] == "probe":  # the hint probe: the same Hydra config and overrides
-        del sys.argv[1]
-        _probe()
+    if len(sys.argv) > 1 and sys.argv[1] in ("probe", "build"):  # the same Hydra config and overrides
+        command = sys.argv.pop(1)
+        (_probe if command == "probe" else _build)()
         return
     _cell()
 

@@ -66,20 +66,12 @@ def execute(resolved: dict, sweep: str, body) -> str:
         return "failed"
 
 
-def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> None:
-    import torch
-    from transformers import set_seed
+def problems(cfg: dict):
+    """(training pool, eval suites by name): the in-domain held-out split plus eval.suites."""
+    from ablate import data
 
-    from ablate import data, evaluate, models, train
-
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
-    set_seed(cfg["seed"])
-    # 1. problems: training pool and in-domain held-out split, coverage subset, out-of-domain suites
-    problems = data.load(cfg["data"]["source"], "data.source", cfg["data"]["name"])
-    pool, heldout = data.split_heldout(problems, cfg["data"]["heldout"], cfg["data"]["heldout_seed"])
-    cov = cfg["coverage"]
-    train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
+    pool, heldout = data.split_heldout(data.load(cfg["data"]["source"], "data.source", cfg["data"]["name"]),
+                                       cfg["data"]["heldout"], cfg["data"]["heldout_seed"])
     # A suite set to null is dropped (eval.suites.arith3=null); data.heldout=0 means no in-domain suite,
     # e.g. when the training file is one of the paper's coverage subsets.
     suites = {name: data.load(spec, f"eval.suites.{name}", name) for name, spec in cfg["eval"]["suites"].items()
@@ -87,24 +79,49 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
     suites = {"in_domain": heldout, **suites} if heldout else suites
     if not suites:
         raise ValueError("nothing to evaluate: data.heldout=0 and eval.suites is empty; hold out problems or add a suite")
-    # 2. the starting model, and its evaluation (shared by cells with the same model and eval settings)
+    return pool, suites
+
+
+def starting_model(cfg: dict, eng, suites: dict):
+    """(model path, tokenizer, base evaluation id): builds or converts the model if needed (never on the
+    evaluation problems), and evaluates it once per model + eval settings (later cells reuse it)."""
+    from ablate import evaluate, models
+
     eval_prompts = frozenset(p.prompt for problems in suites.values() for p in problems)
     model_path = models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)
     model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
-    chat_kwargs = cfg["model"].get("chat_template_kwargs") or {}
     key = _base_key(cfg, model_path)
     base_id = record.find_base_evaluation(eng, key)
     if base_id is None:
-        base = evaluate.evaluate(model, tokenizer, suites, cfg["eval"], chat_kwargs, "base")
+        base = evaluate.evaluate(model, tokenizer, suites, cfg["eval"], cfg["model"].get("chat_template_kwargs") or {},
+                                 "base")
         base_id = record.save_evaluation(eng, stage="base", key=key, samples=base["samples"], metrics=base["metrics"],
                                          settings={"eval": cfg["eval"], "model": cfg["model"]}, seconds=base["seconds"])
-    del model
+    return model_path, tokenizer, base_id
+
+
+def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> None:
+    import torch
+    from transformers import set_seed
+
+    from ablate import data, evaluate, train
+
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    set_seed(cfg["seed"])
+    # 1. problems: in-domain held-out split, out-of-domain suites, training set by coverage
+    pool, suites = problems(cfg)
+    cov = cfg["coverage"]
+    train_problems = data.select_coverage(pool, cov["unique"], cov["copies"], cov["seed"])
+    # 2. the starting model and its evaluation (shared by cells with the same model and eval settings)
+    model_path, tokenizer, base_id = starting_model(cfg, eng, suites)
     # 3. training with the objective; the teacher's context by richness
     set_seed(cfg["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         trained, steps = train.train(cfg, model_path, tokenizer, train_problems, output_dir or tmp, reward_funcs)
     # 4. evaluation of the trained model, then one write of everything
-    result = evaluate.evaluate(trained, tokenizer, suites, cfg["eval"], chat_kwargs, "trained")
+    result = evaluate.evaluate(trained, tokenizer, suites, cfg["eval"], cfg["model"].get("chat_template_kwargs") or {},
+                               "trained")
     result["settings"] = {"eval": cfg["eval"]}
     check_stop()  # never record a cell as completed after a stop request
     record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)

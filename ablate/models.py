@@ -31,6 +31,9 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK = ["<think>", "</think>"]  # added but not special, so decoding with skip_special_tokens keeps them
 
 
+BUILD_LOG = "build_log.json"
+
+
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over printable ASCII with ChatML special tokens."""
     chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
@@ -77,8 +80,9 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if build["warmup_steps"] > 0:
-        model = _warm_start(tmp, tokenizer, build, exclude)
+        model, history = _warm_start(tmp, tokenizer, build, exclude)
         model.save_pretrained(tmp)
+        (tmp / BUILD_LOG).write_text(json.dumps(history))  # the warm-start's loss curve, recorded by `ablate build`
     tmp.rename(folder)  # atomic: a half-built model is never picked up
     log.info("built tiny model (%d params) in %s", sum(p.numel() for p in model.parameters()), folder)
     return folder
@@ -96,16 +100,18 @@ def _warm_start(folder: Path, tokenizer, build: dict, exclude: frozenset[str]):
     problems = warmup_problems(build, exclude)
     rows = [{"prompt": p.messages(),
              "completion": [{"role": "assistant", "content": p.solution}]} for p in problems]
-    args = SFTConfig(
-        output_dir=str(folder / "sft"), max_steps=build["warmup_steps"], per_device_train_batch_size=build["batch_size"],
-        learning_rate=build["learning_rate"], lr_scheduler_type="cosine", warmup_steps=10, logging_steps=50,
-        bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=build["seed"],
-        use_cpu=not torch.cuda.is_available(), max_length=build["max_positions"], dataset_num_proc=None,
-    )
+    args = SFTConfig(**{
+        "output_dir": str(folder / "sft"), "max_steps": build["warmup_steps"],
+        "per_device_train_batch_size": build["batch_size"], "learning_rate": build["learning_rate"],
+        "lr_scheduler_type": "cosine", "warmup_steps": 10, "logging_steps": 50, "bf16": False,
+        "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no", "seed": build["seed"],
+        "use_cpu": not torch.cuda.is_available(), "max_length": build["max_positions"], "dataset_num_proc": None,
+        **(build.get("sft") or {}),  # any other SFTConfig field (model.build.sft), e.g. train_sampling_strategy
+    })
     model = AutoModelForCausalLM.from_pretrained(folder)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
-    return trainer.model
+    return trainer.model, trainer.state.log_history
 
 
 def resolve_path(model_cfg: dict, cache_dir: str, exclude: frozenset[str] = frozenset()) -> Path | str:

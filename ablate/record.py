@@ -328,19 +328,22 @@ def save_evaluation(eng: Engine, *, stage: str, samples: list[dict], metrics: li
 
 
 def finish_run(eng: Engine, run_id: int, *, base_evaluation_id: int, train_steps: list[dict],
-               trained: dict) -> int:
-    """Record a completed cell: training log, trained evaluation and status, in one transaction."""
+               trained: dict | None) -> int | None:
+    """Record a completed cell: training log, trained evaluation and status, in one transaction.
+    trained=None: a run that trains no policy (a base-model build: its warm-start log and base evaluation)."""
     with Session(eng) as s, s.begin():
         run = s.get(Run, run_id)
         s.add_all(TrainStep(run_id=run_id, **row) for row in train_steps)
+        run.base_evaluation_id = base_evaluation_id
+        run.status, run.ended_at = "completed", now()
+        if trained is None:
+            return None
         ev = Evaluation(stage="trained", run_id=run_id, settings=trained["settings"], seconds=trained["seconds"],
                         created_at=now())
         s.add(ev)
         s.flush()
         s.add_all(Sample(evaluation_id=ev.id, **row) for row in trained["samples"])
         s.add_all(Metric(evaluation_id=ev.id, **row) for row in trained["metrics"])
-        run.base_evaluation_id = base_evaluation_id
-        run.status, run.ended_at = "completed", now()
         return ev.id
 
 

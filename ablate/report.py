@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ablate import __version__, directions, probe, record
+from ablate.build import OBJECTIVE as BUILD_OBJECTIVE
 from ablate.markers import PAPER_MARKERS
 from ablate.query import DEFAULT_DB, QueryError, reader
 
@@ -104,7 +105,8 @@ def _where(sel: Selection) -> list:
     clauses = [RUN.c[col].in_(values) for col, values in (("sweep", sel.sweeps), ("model", sel.models),
                                                           ("objective", sel.objectives)) if values]
     clauses += [RUN.c.started_at >= sel.since] if sel.since else []
-    clauses += [RUN.c.objective != probe.OBJECTIVE]  # hint-probe runs train nothing: `ablate query` reads them
+    # hint-probe and model-build runs train no policy: `ablate query` reads them
+    clauses += [RUN.c.objective.not_in([probe.OBJECTIVE, BUILD_OBJECTIVE])]
     return clauses + ([RUN.c.started_at < sel.until] if sel.until else [])
 
 
