@@ -142,7 +142,11 @@ def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
         return read_jsonl(spec["path"], dict(spec["fields"]), where)
     if kind == "verl_parquet":
         return read_verl_parquet(spec["path"], where)
-    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic', 'jsonl' or 'verl_parquet'")
+    if kind == "world":
+        from ablate import world  # the CPU testbed (it imports Problem from here)
+
+        return world.generate(**{k: v for k, v in spec.items() if k != "kind"}, name=name)
+    raise ValueError(f"{where}.kind={kind!r}: choose 'arithmetic', 'jsonl', 'verl_parquet' or 'world'")
 
 
 def split_heldout(problems: list[Problem], n_heldout: int, seed: int) -> tuple[list[Problem], list[Problem]]:

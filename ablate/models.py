@@ -94,6 +94,7 @@ def _warm_start(folder: Path, tokenizer, build: dict, exclude: frozenset[str]):
         learning_rate=build["learning_rate"], lr_scheduler_type="cosine", warmup_steps=10, logging_steps=50,
         bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=build["seed"],
         use_cpu=not torch.cuda.is_available(), max_length=build["max_positions"], dataset_num_proc=None,
+        **build.get("sft", {}),  # any other SFTConfig field, e.g. train_sampling_strategy
     )
     model = AutoModelForCausalLM.from_pretrained(folder)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
