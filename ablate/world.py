@@ -1,14 +1,14 @@
 """The testbed world: running sums on a CPU, where verbalized uncertainty does work.
 
 A problem is a chain like "37+8+5=?", evaluated left to right (values stay in 10..99). The solver's worked
-trace writes one step per move ("37+8=45."). A step whose units carry (or borrow) is *hard*: a small
+trace folds one move per step ("<think>45+5=50</think>"). A step whose units carry (or borrow) is *hard*: a small
 left-to-right model must get the tens digit right before it has written the units. On some steps, more
 often hard ones, the solver is *tentative*: it writes a first value (sometimes the classic slip, the carry
 forgotten), flags it with a marker, recomputes the units digit alone and, if the first value was wrong,
 says "wait" and corrects it:
 
-    37+8=35? check 7+8=15, wait 45.     (a slip, caught)
-    37+8=45? check 7+8=15, ok.          (a doubt, confirmed)
+    37+8+5=?  <think>35? check 7+8 is 15, wait 45+5=50</think>     (a slip, caught)
+              <think>45? check 7+8 is 15, ok 45+5=50</think>       (a doubt, confirmed)
 
 The world's explicit assumption, the paper's Sec. 3 premise about real LLMs: given a correct solution (the
 project's teacher prompt, by richness), the solver reasons confidently: no tentative steps, no markers.
@@ -43,12 +43,12 @@ def is_hard(value: int, op: str, x: int) -> bool:
 
 
 def _units_check(value: int, op: str, x: int) -> str:
-    """The recomputation of one step's units digit, the part that decides the carry: "7+8=15", "15-9=6"."""
+    """The recomputation of one step's units digit, the part that decides the carry: "7+8 is 15", "15-9 is 6"."""
     u = value % 10
     if op == "+":
-        return f"{u}+{x}={u + x}"
+        return f"{u}+{x} is {u + x}"
     top = u + 10 if u < x else u
-    return f"{top}-{x}={top - x}"
+    return f"{top}-{x} is {top - x}"
 
 
 def _slip(value: int, op: str, x: int, rng: random.Random) -> int:
@@ -63,23 +63,24 @@ def _slip(value: int, op: str, x: int, rng: random.Random) -> int:
 
 def trace(start: int, moves: list[tuple[str, int]], rng: random.Random | None = None,
           tentative: tuple[float, float] = (0.0, 0.0), wrong: float = 0.0) -> str:
-    """The solver's worked solution: `<think>steps</think>` then the boxed answer.
+    """The solver's worked solution: `<think>` the chain rewritten one move at a time `</think>`, boxed answer.
 
-    Each step is tentative with probability tentative[1] when hard, tentative[0] when easy; a tentative
-    first value is a slip with probability `wrong`. tentative=(0, 0) gives the confident trace.
+    "37+8+5=?" -> "<think>45+5=50</think>" (each line folds the first move into the running value and copies
+    the rest, so every step reads its operands from the line before). A step is tentative with probability
+    tentative[1] when hard, tentative[0] when easy; its first value is a slip with probability `wrong`.
+    tentative=(0, 0) gives the confident trace.
     """
     rng = rng or random.Random(0)
-    value, steps = start, []
-    for op, x in moves:
+    value, lines = start, []
+    for k, (op, x) in enumerate(moves):
         right = apply(value, op, x)
+        line = f"{right}" + "".join(f"{o}{y}" for o, y in moves[k + 1:])
         if rng.random() < tentative[is_hard(value, op, x)]:
             first = _slip(value, op, x, rng) if rng.random() < wrong else right
-            verdict = "ok" if first == right else f"wait {right}"
-            steps.append(f"{value}{op}{x}={first}? check {_units_check(value, op, x)}, {verdict}.")
-        else:
-            steps.append(f"{value}{op}{x}={right}.")
+            line = f"{first}? check {_units_check(value, op, x)}, {'ok' if first == right else 'wait'} {line}"
+        lines.append(line)
         value = right
-    return f"<think>{' '.join(steps)}</think>\n\\boxed{{{value}}}"
+    return f"<think>{'='.join(lines)}</think>\n\\boxed{{{value}}}"
 
 
 def question(start: int, moves: list[tuple[str, int]]) -> str:

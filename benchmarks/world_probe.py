@@ -18,39 +18,47 @@ from ablate import data, evaluate, models, teacher, world
 from ablate.data import Problem
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-STEP = re.compile(r"(\d+)([+-])(\d)=(\d+)(\? check [^,]*, (?:ok|wait (\d+)))?\.")
+LINE = re.compile(r"(?:(\d+)\? check [^,]*, (ok|wait) )?(\d+)((?:[+-]\d)*)")
 
 
-def step_stats(samples: list[dict]) -> dict:
-    """Per step of the responses: is the first value right, was it flagged, is the step's final value right."""
-    tally = {k: 0 for k in ("steps", "flagged", "flagged_wrong_first", "flagged_fixed", "plain", "plain_wrong",
-                            "flagged_hard", "hard", "plain_hard", "plain_hard_wrong")}
+def step_stats(samples: list[dict], prompts: dict[str, str]) -> dict:
+    """Per step of the responses (parsed until the first malformed line): is the first value right, was it
+    flagged (tentative), is the step's final value right."""
+    tally = {k: 0 for k in ("steps", "hard", "flagged", "flagged_hard", "flagged_wrong_first", "flagged_fixed",
+                            "plain", "plain_wrong", "plain_hard", "plain_hard_wrong")}
     for s in samples:
-        for a, op, x, first, flag, fix in STEP.findall(s["completion"]):
-            a, x, first = int(a), int(x), int(first)
-            right, hard = world.apply(a, op, x), world.is_hard(a, op, x)
+        value, tail = re.fullmatch(r"(\d+)((?:[+-]\d)*)=\?", prompts[s["problem_id"]]).groups()
+        value = int(value)
+        body = s["completion"].split("<think>", 1)[-1].split("</think>", 1)[0]
+        for line in body.split("="):
+            m = LINE.fullmatch(line)
+            if not m or len(tail) < 2:
+                break
+            first, verdict, after, rest = m.groups()
+            op, x = tail[0], int(tail[1])
+            right, hard = world.apply(value, op, x), world.is_hard(value, op, x)
             tally["steps"] += 1
             tally["hard"] += hard
-            if flag:
+            if first:
                 tally["flagged"] += 1
                 tally["flagged_hard"] += hard
-                tally["flagged_wrong_first"] += first != right
-                final = int(fix) if fix else first
-                tally["flagged_fixed"] += first != right and final == right
+                tally["flagged_wrong_first"] += int(first) != right
+                tally["flagged_fixed"] += int(first) != right and int(after) == right
             else:
                 tally["plain"] += 1
-                tally["plain_wrong"] += first != right
+                tally["plain_wrong"] += int(after) != right
                 tally["plain_hard"] += hard
-                tally["plain_hard_wrong"] += hard and first != right
+                tally["plain_hard_wrong"] += hard and int(after) != right
+            value, tail = int(after), rest
     return tally
 
 
-def summary(samples: list[dict]) -> str:
+def summary(samples: list[dict], prompts: dict[str, str]) -> str:
     n = len(samples)
     acc = sum(s["correct"] for s in samples) / n
-    flagged = [s for s in samples if "? check" in s["completion"]]
+    flagged = [s for s in samples if "? check" in s["completion"]]  # responses with a tentative step
     plain = [s for s in samples if "? check" not in s["completion"]]
-    t = step_stats(samples)
+    t = step_stats(samples, prompts)
     rate = lambda a, b: f"{a}/{b}={a / b:.2f}" if b else f"{a}/0"  # noqa: E731
     return (f"acc {acc:.3f}  len {sum(s['length'] for s in samples) / n:.1f}  markers/resp "
             f"{sum(s['markers'] for s in samples) / n:.2f}  | responses with a check: acc "
@@ -81,8 +89,9 @@ def main(overrides: list[str]) -> None:
     start = time.perf_counter()
     base = evaluate.evaluate(model, tok, suites, cfg["eval"], {}, "base")
     print(f"base evaluation {time.perf_counter() - start:.1f} s")
+    prompts = {p.id: p.prompt for ps in suites.values() for p in ps}
     for name in suites:
-        print(f"{name:10s}", summary([s for s in base["samples"] if s["eval_set"] == name]))
+        print(f"{name:10s}", summary([s for s in base["samples"] if s["eval_set"] == name], prompts))
     # The hint probe: the same problems with a correct solution in the prompt (teacher prompt, by richness).
     # The solution is the model's own correct response where it has one (as SDPO's sibling), else the solver's.
     t = cfg["teacher"]
@@ -95,7 +104,7 @@ def main(overrides: list[str]) -> None:
                             for p in ps]
         res = evaluate.evaluate(model, tok, hinted, cfg["eval"], {}, "hinted")
         for name in hinted:
-            print(f"hint={content:8s} {name:10s}", summary([s for s in res["samples"] if s["eval_set"] == name]))
+            print(f"hint={content:8s} {name:10s}", summary([s for s in res["samples"] if s["eval_set"] == name], prompts))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,27 @@ HINT = {"template": TEMPLATE, "answer_template": "ANSWER {answer}", "fraction": 
         "contents": ["answer", "solution_no_thinking", "solution"]}
 FAMILIES = {"in_domain": dict(steps=(2, 3), ops=("+",)), "long": dict(steps=(5, 5), ops=("+",)),
             "minus": dict(steps=(2, 3), ops=("+", "-"))}
-STEP = re.compile(r"(\d+)([+-])(\d)=(\d+)(?:\? check (\d+)([+-])(\d)=(\d+), (ok|wait (\d+)))?\.")
+LINE = re.compile(r"(?:(\d+)\? check (\d+)([+-])(\d) is (\d+), (ok|wait) )?(\d+)((?:[+-]\d)*)")
 
 
-def _steps(solution: str) -> list[tuple]:
+def _steps(question: str, solution: str) -> list[tuple]:
+    """(value before, op, operand, first value, check top, check result, verdict, value after) per step."""
     body = solution.split("<think>", 1)[1].split("</think>", 1)[0]
-    found = STEP.findall(body)
-    assert " ".join(m.group(0) for m in STEP.finditer(body)) == body, f"unparsed text in {body!r}"
-    return found
+    value, tail = re.fullmatch(r"(\d+)((?:[+-]\d)*)=\?", question).groups()
+    steps = []
+    for line in body.split("="):
+        m = LINE.fullmatch(line)
+        assert m, f"unparsed line {line!r} in {body!r}"
+        first, top, cop, cx, res, verdict, after, rest = m.groups()
+        op, x = tail[0], tail[1]
+        assert rest == tail[2:]  # the line copies the moves not yet folded
+        if top:
+            assert cop == op and cx == x
+        steps.append((int(value), op, int(x), int(first or after), top and int(top), res and int(res), verdict,
+                      int(after)))
+        value, tail = after, rest
+    assert tail == ""
+    return steps
 
 
 def _testbed_cfg() -> dict:
@@ -43,17 +56,15 @@ def test_solver_is_right_on_every_problem():
             assert eval(question[:-2]) == int(p.answer)  # independent of the solver: Python evaluates the chain
             assert is_correct(p.solution, p.answer) and p.solution.endswith(f"\\boxed{{{p.answer}}}")
             value = int(re.match(r"\d+", question).group())
-            for a, op, x, first, *check in _steps(p.solution):
-                assert int(a) == value  # each step starts from the previous step's final value
-                value = value + int(x) if op == "+" else value - int(x)
-                assert world.LO <= value <= world.HI
-                verdict, fixed = check[-2], check[-1]
-                assert (int(fixed) if fixed else int(first)) == value
-                if check[0]:  # the check recomputes the units digit and is itself right
-                    top, cop, cx, res = int(check[0]), check[1], int(check[2]), int(check[3])
-                    assert cop == op and cx == int(x) and top % 10 == int(a) % 10
-                    assert res == (top + cx if op == "+" else top - cx) and res % 10 == value % 10
-                    assert verdict == ("ok" if int(first) == value else f"wait {value}")
+            for a, op, x, first, top, res, verdict, after in _steps(question, p.solution):
+                assert a == value  # each step starts from the previous step's final value
+                value = value + x if op == "+" else value - x
+                assert world.LO <= value <= world.HI and after == value
+                if top is not None:  # the check recomputes the units digit and is itself right
+                    assert top % 10 == a % 10 and res == (top + x if op == "+" else top - x) and res % 10 == value % 10
+                    assert verdict == ("ok" if first == value else "wait")
+                else:
+                    assert first == value
             assert value == int(p.answer)
 
 
@@ -62,13 +73,16 @@ def test_markers_only_on_tentative_steps_and_more_often_on_hard_ones():
     counts = {(hard, tentative): 0 for hard in (0, 1) for tentative in (0, 1)}
     slips = fixed = 0
     for p in problems:
-        for a, op, x, first, top, *_, verdict, fix in _steps(p.solution):
-            counts[world.is_hard(int(a), op, int(x)), bool(top)] += 1
-            slips += bool(fix)
-            fixed += bool(fix) and int(fix) == world.apply(int(a), op, int(x))
-        tentative_text = " ".join(m.group(0) for m in STEP.finditer(p.solution) if m.group(5))
-        assert sum(count_markers(p.solution).values()) == sum(count_markers(tentative_text).values())
-        assert sum(count_markers(p.solution).values()) >= p.solution.count("?")  # every tentative step is flagged
+        steps = _steps(p.prompt, p.solution)
+        for a, op, x, first, top, _, verdict, after in steps:
+            counts[world.is_hard(a, op, x), top is not None] += 1
+            slips += first != after
+            fixed += first != after and verdict == "wait" and after == world.apply(a, op, x)
+        # Exactly one "check" per tentative step and one "wait" per slip, and no marker anywhere else.
+        n_tentative, n_slips = sum(s[4] is not None for s in steps), sum(s[3] != s[7] for s in steps)
+        markers = count_markers(p.solution)
+        assert markers["check"] == n_tentative and markers["wait"] == n_slips
+        assert sum(markers.values()) == n_tentative + n_slips
     easy_rate = counts[0, 1] / (counts[0, 0] + counts[0, 1])
     hard_rate = counts[1, 1] / (counts[1, 0] + counts[1, 1])
     assert 0.05 < easy_rate < 0.15 and 0.5 < hard_rate < 0.7
@@ -89,6 +103,7 @@ def test_hinted_prompts_use_the_given_template_and_get_confident_traces():
         assert context in (f"ANSWER {p.answer}", f"\\boxed{{{p.answer}}}") or is_correct(context, p.answer)
         assert h.answer == p.answer and sum(count_markers(h.solution, PAPER_MARKERS).values()) == 0
         assert "?" not in h.solution and len(h.solution) <= len(p.solution)
+        assert all(s[4] is None for s in _steps(p.prompt, h.solution))
     assert seen == {"answer", "solution", "no_thinking"}
     assert sum(sum(count_markers(p.solution).values()) for p in plain.values()) > 200  # unhinted traces do flag
     with pytest.raises(ValueError, match="'none' is not a hint"):
