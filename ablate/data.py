@@ -255,7 +255,7 @@ def read_champ(spec: dict, where: str) -> list[Problem]:
     return problems
 
 
-KINDS = ("arithmetic", "jsonl", "verl_parquet", "hf", "reasoning_gym", "champ")
+KINDS = ("arithmetic", "jsonl", "verl_parquet", "hf", "reasoning_gym", "champ", "world")
 
 
 def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
@@ -277,6 +277,10 @@ def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
         problems = read_reasoning_gym(spec, where)
     elif kind == "champ":
         problems = read_champ(spec, where)
+    elif kind == "world":
+        from ablate import world  # the CPU testbed (it imports Problem from here)
+
+        problems = world.generate(**{k: v for k, v in spec.items() if k not in ("kind", "limit")}, name=name)
     else:
         raise ValueError(f"{where}.kind={kind!r}: choose one of {', '.join(KINDS)}")
     if spec.get("limit") is not None:
