@@ -11,6 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from ablate import check_stop, record  # light: torch, transformers and TRL load only when a cell actually runs
 
 AXES = ("richness", "coverage", "model", "objective")
+# What an objective without a teacher (objective.context_source: null, e.g. grpo) records as its richness: every
+# richness level is then the same config hash, so a grid runs such a cell once and skips its other levels.
+NO_RICHNESS = {"name": "-", "content": "none", "source": None}
 
 
 def _one_line(err: BaseException) -> str:
@@ -33,6 +36,8 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("probe", None)  # the hint probe's settings: no part of a cell (nor of its config hash)
+    if resolved["objective"]["context_source"] is None:
+        resolved["richness"] = dict(NO_RICHNESS)
     return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
 
 
@@ -48,7 +53,8 @@ def execute(resolved: dict, sweep: str, body) -> str:
     if not resolved.get("force"):
         found = record.previous(eng, record.config_hash(resolved), db["stale_after_seconds"])
         if found:
-            print(f"ablate: skip {label}: {found[0]} as run {found[1]} (force=true reruns it)")
+            same = " (richness does not apply to it: one run stands for every level)" if axes["richness"] == "-" else ""
+            print(f"ablate: skip {label}: {found[0]} as run {found[1]}{same} (force=true reruns it)")
             return "skipped"
     run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved, seed=resolved["seed"],
                               axes=axes)

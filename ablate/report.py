@@ -41,7 +41,7 @@ from ablate.markers import PAPER_MARKERS
 from ablate.query import DEFAULT_DB, QueryError, reader
 
 AXES = ("richness", "coverage", "model", "objective")
-KNOWN_ORDER = {"richness": ["none", "low", "medium", "high", "reference"],
+KNOWN_ORDER = {"richness": ["-", "none", "low", "medium", "high", "reference"],
                "coverage": ["seen_1x64", "seen_8x8", "seen_64", "seen_128", "seen_512", "full"]}
 IN_DOMAIN, ALL, OOD = "in_domain", "all", "ood_mean"  # eval-set scopes: one set, all pooled, mean of the OOD sets
 VALUES = {"accuracy": "correct", "mean_length": "length", "markers_per_response": "markers"}
@@ -207,6 +207,10 @@ def grid(runs: pd.DataFrame, split=()) -> pd.DataFrame:
     for key, group in (runs.groupby(list(split)) if split else [((), runs)]):
         full = pd.MultiIndex.from_product([order(a, group[a]) for a in (*AXES, "seed")],
                                           names=[*AXES, "seed"]).to_frame(index=False)
+        # richness "-" is what an objective without a teacher records (cell.NO_RICHNESS): it pairs with those
+        # objectives only, and they with it only
+        teacherless = set(group.objective[group.richness == "-"])
+        full = full[(full.richness == "-") == full.objective.isin(teacherless)]
         parts.append(full.assign(**dict(zip(split, key))))
     full = pd.concat(parts, ignore_index=True)[cols]
     done = pick(runs, split)

@@ -59,7 +59,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
     if cfg["model"].get("chat_template_kwargs") and "chat_template_kwargs" in fields:  # SFT: a dataset column
         kwargs.setdefault("chat_template_kwargs", dict(cfg["model"]["chat_template_kwargs"]))
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
-    if cfg["richness"]["source"] not in ("sibling", "reference"):
+    if cfg["objective"]["context_source"] is not None and cfg["richness"]["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
     if config_cls is SDPOConfig:
         # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
