@@ -18,7 +18,15 @@ def options(group):
 def test_every_option_composes(group, option):
     extra = ["data.source.path=/tmp/x.jsonl"] if (group, option) == ("data", "jsonl") else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"{group}={option}", *extra])
+        cfg = compose(config_name="config", overrides=[f"{group}={option}", *extra],
+                      return_hydra_config=group == "grid")
+    if group == "grid":  # a preset multirun grid: it sets the sweeper's axes, over existing group options
+        params = cfg.hydra.sweeper.params
+        assert params and all(v for v in params.values())
+        for axis, values in params.items():
+            if (CONF / axis).is_dir():
+                assert set(values.split(",")) <= set(options(axis)), (axis, values)
+        return
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved[group]  # the group landed and every interpolation resolved
     if group in ("richness", "coverage", "model", "objective"):
@@ -61,3 +69,30 @@ def test_richness_source_follows_objective_unless_set():
         assert compose(config_name="config", overrides=["objective=sdpo"]).richness.source == "sibling"
         assert compose(config_name="config", overrides=["objective=sdft"]).richness.source == "reference"
         assert compose(config_name="config", overrides=["richness=reference"]).richness.source == "reference"
+
+
+@pytest.mark.parametrize("model, objective, rate", [("tiny", "grpo", 1e-6), ("tiny", "sdpo", 1e-5),
+                                                    ("qwen3_8b", "rlrt", 1e-6), ("testbed", "grpo", 1e-4),
+                                                    ("testbed", "sdpo", 1e-4), ("testbed", "sft_guided", 1e-4)])
+def test_learning_rate_is_the_models_else_the_papers(model, objective, rate):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={model}", f"objective={objective}"])
+        assert cfg.objective.trainer.learning_rate == rate
+        cfg = compose(config_name="config", overrides=[f"model={model}", f"objective={objective}",
+                                                       "objective.trainer.learning_rate=3e-3"])
+        assert cfg.objective.trainer.learning_rate == 3e-3  # the command line wins
+
+
+def test_objectives_without_a_teacher_record_no_richness(monkeypatch):
+    from ablate import cell, record
+
+    seen = []
+    monkeypatch.setattr(cell, "execute", lambda resolved, sweep, body: seen.append(
+        (resolved["richness"]["name"], resolved["objective"]["name"], record.config_hash(resolved))))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for objective in ("grpo", "sft_unguided", "sdpo"):
+            for richness in ("low", "high"):
+                cell.run(compose(config_name="config", overrides=[f"objective={objective}", f"richness={richness}"]))
+    hashes = {o: {h for _, oo, h in seen if oo == o} for o in ("grpo", "sft_unguided", "sdpo")}
+    assert [r for r, o, _ in seen if o != "sdpo"] == ["-"] * 4 and [r for r, o, _ in seen if o == "sdpo"] == ["low", "high"]
+    assert len(hashes["grpo"]) == len(hashes["sft_unguided"]) == 1 and len(hashes["sdpo"]) == 2  # one cell per level
