@@ -12,6 +12,7 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 # A cell small enough for a unit test: random tiny model, one step, a handful of eval samples.
 FAST = [
+    "model=tiny", "data=arithmetic", "eval=default",  # the tests' world: two-digit additions on the tiny model
     "model.build.warmup_steps=0", "model.max_new_tokens=12", "data.source.n=120", "data.heldout=4",
     "eval.k=2", "eval.suites.arith3.n=3", "trainer.max_steps=1", "trainer.per_device_train_batch_size=4",
     "trainer.num_generations=4", "trainer.max_completion_length=12",
