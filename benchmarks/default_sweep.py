@@ -21,7 +21,7 @@ def main() -> None:
         env = {**os.environ, "ABLATE_CACHE": os.path.join(tmp, "cache"), "HF_HUB_OFFLINE": "1"}
         db = f"sqlite:///{tmp}/bench.sqlite"
         phases = [("build the base model", ["-m", "ablate", "build", f"db.url={db}", *extra]),
-                  ("default sweep", ["-m", "ablate", "-m", f"db.url={db}", *extra]),
+                  ("default sweep", ["-m", "ablate", "-m", "grid=testbed", f"db.url={db}", *extra]),
                   ("report", ["-m", "ablate.report", "--db", db, "--out", f"{tmp}/reports"])]
         total = 0.0
         for label, args in phases:
