@@ -12,9 +12,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # The README's "Try a real model on CPU" command, with a test database.
-CELL = ["model=smollm2_135m", "objective=grpo", "richness=none", "data.source.digits=1", "data.source.n=60",
-        "data.heldout=8", "coverage=seen_8x8", "eval.k=2", "eval.suites.arith3.n=8", "eval.suites.arith3.digits=1",
-        "trainer.max_steps=2"]
+CELL = ["model=smollm2_135m", "objective=grpo", "data=arithmetic", "eval=default", "data.source.digits=1",
+        "data.source.n=60", "data.heldout=8", "coverage=seen_8x8", "eval.k=2", "eval.suites.arith3.n=8",
+        "eval.suites.arith3.digits=1", "trainer.max_steps=2"]
 
 
 def test_smollm2_cell_runs_end_to_end(tmp_path):
