@@ -1,5 +1,5 @@
 """`ablate build [overrides]`: make the starting model (build the tiny/testbed model, or convert a GGUF) once,
-evaluate it, and record that as a run like any other: objective "build", the warm-start's loss curve in
+evaluate it, and record that as a run of kind "build": the warm-start's loss curve in
 train_steps, the starting model's evaluation as its base evaluation (which every later cell reuses).
 
 Cells build the model themselves when it is missing; this command makes the build a visible, recorded step
@@ -14,16 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate import cell, check_stop, record
 
-OBJECTIVE = "build"  # runs.objective of build runs; richness and coverage are "-"
-
-
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None) -> str:
     """Build and record; returns completed | skipped | failed | interrupted."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for unused in ("probe", "objective", "trainer", "richness", "coverage"):  # no part of a build: out of its hash
         resolved.pop(unused, None)
-    resolved.update(objective={"name": OBJECTIVE}, richness={"name": "-"}, coverage={"name": "-"})
-    return cell.execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id))
+    resolved.update(objective={"name": "-"}, richness={"name": "-"}, coverage={"name": "-"})  # no axis but the model
+    return cell.execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id), kind="build")
 
 
 def _run(cfg: dict, eng, run_id: int) -> None:

@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate import check_stop, record  # light: torch, transformers and TRL load only when a cell actually runs
 
-AXES = ("richness", "coverage", "model", "objective")
 # What an objective without a teacher (objective.context_source: null, e.g. grpo) records as its richness: every
 # richness level is then the same config hash, so a grid runs such a cell once and skips its other levels.
 NO_RICHNESS = {"name": "-", "content": "none", "source": None}
@@ -41,15 +40,16 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
 
 
-def execute(resolved: dict, sweep: str, body) -> str:
-    """Skip, start, run `body(engine, run_id)` and record a run of `resolved` (a cell or the hint probe)."""
+def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
+    """Skip, start, run `body(engine, run_id)` and record a run of `resolved` (a cell, a build or the hint probe:
+    `kind`); an axis that does not apply to the kind has name "-"."""
     check_stop()  # a stopped sweep starts no new cell
     db = resolved["db"]
     eng = record.engine(db["url"])
     if record.revision(eng) != record.HEAD:
         record.upgrade(db["url"])
-    axes = {a: resolved[a]["name"] for a in AXES}
-    label = " ".join(f"{a}={v}" for a, v in axes.items()) + f" seed={resolved['seed']}"
+    axes = {a: resolved[a]["name"] for a in record.AXES}
+    label = f"{kind} " * (kind != "cell") + " ".join(f"{a}={v}" for a, v in axes.items()) + f" seed={resolved['seed']}"
     if not resolved.get("force"):
         found = record.previous(eng, record.config_hash(resolved), db["stale_after_seconds"])
         if found:
@@ -57,7 +57,7 @@ def execute(resolved: dict, sweep: str, body) -> str:
             print(f"ablate: skip {label}: {found[0]} as run {found[1]}{same} (force=true reruns it)")
             return "skipped"
     run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved, seed=resolved["seed"],
-                              axes=axes)
+                              axes=axes, kind=kind)
     try:
         with record.Heartbeat(eng, run_id, db["heartbeat_seconds"]):
             body(eng, run_id)

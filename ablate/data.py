@@ -3,26 +3,12 @@ reasoning-gym, champ), the held-out split and coverage subsets."""
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
+from ablate import world
+from ablate.problem import Problem
+
 INSTRUCTION = "Put your final answer within \\boxed{}."
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    prompt: str  # the user message
-    answer: str  # gold final answer
-    solution: str | None = None  # a reference solution, possibly with <think>...</think>
-    domain: str = "math"  # a label carried into the database with the eval set
-    grader: str = "math"  # how answers are graded: math (math-verify on \boxed{}) | choice (a letter)
-    system: str | None = None  # a system message sent before the prompt (e.g. answer-format instructions)
-
-    def messages(self) -> list[dict]:
-        """The chat the model sees: the optional system message, then the user prompt."""
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [{"role": "user", "content": self.prompt}]
 
 
 def arithmetic(n: int, digits: int = 2, ops: tuple[str, ...] = ("+", "-"), terms: int = 2, seed: int = 0,
@@ -278,8 +264,6 @@ def load(spec: dict, where: str, name: str = "arith") -> list[Problem]:
     elif kind == "champ":
         problems = read_champ(spec, where)
     elif kind == "world":
-        from ablate import world  # the CPU testbed (it imports Problem from here)
-
         problems = world.generate(**{k: v for k, v in spec.items() if k not in ("kind", "limit")}, name=name)
     else:
         raise ValueError(f"{where}.kind={kind!r}: choose one of {', '.join(KINDS)}")

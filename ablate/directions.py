@@ -17,21 +17,18 @@ import math
 
 import pandas as pd
 
+from ablate.stats import difference, mean_se
+from ablate.teacher import CONTENTS
+
 Z = 2.0
 IN_DOMAIN = "in_domain"
-CONTENT_ORDER = ["none", "answer", "solution_no_thinking", "solution"]  # richness.content, poorest to richest
+CONTENT_ORDER = list(CONTENTS)  # richness.content, poorest to richest
 CLAIMS = {
     1: ("markers per response fall as richness rises", -1),
     2: ("response length falls as richness rises", -1),
     3: ("with narrow coverage, in-domain accuracy rises under self-distillation", +1),
     4: ("with broad coverage, out-of-domain accuracy under self-distillation falls below GRPO's", -1),
 }
-
-
-def _mean_se(x: pd.Series) -> tuple[float, float, int]:
-    x = x.dropna()
-    n = len(x)
-    return (float(x.mean()) if n else math.nan, float(x.std() / math.sqrt(n)) if n > 1 else math.nan, n)
 
 
 def verdict(estimate: float, se: float, sign: int) -> str:
@@ -51,11 +48,6 @@ def _row(number: int, estimate: float, se: float, n: int, comparison: str) -> di
             "verdict": verdict(estimate, se, sign)}
 
 
-def _difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
-    (ma, sa, na), (mb, sb, nb) = _mean_se(a), _mean_se(b)
-    return ma - mb, math.sqrt(sa**2 + sb**2), min(na, nb)
-
-
 def _absent(number: int, why: str) -> dict:
     return {**_row(number, math.nan, math.nan, 0, why), "verdict": "not measured"}
 
@@ -72,7 +64,9 @@ def check(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     info = runs[["run_id", "model", "objective", "richness", "coverage"]].copy()
     configs = runs.config.map(lambda c: c if isinstance(c, dict) else json.loads(c or "{}"))
     # runs recorded without these fields (hand-made databases) fall back to their axis names
-    info["trainer_class"] = [(c.get("objective") or {}).get("trainer_class", o) for c, o in zip(configs, runs.objective)]
+    # the teacher's context source decides a run's role: none = the baseline (GRPO), a source = self-distillation
+    info["teacherless"] = [(c.get("objective") or {}).get("context_source", "-") is None or r == "-"
+                           for c, r in zip(configs, runs.richness)]
     info["content"] = [(c.get("richness") or {}).get("content", r) for c, r in zip(configs, runs.richness)]
     info["content"] = info.content.where(info.content.isin(CONTENT_ORDER), "solution")
     # narrow..broad by the number of distinct training problems (null = the whole pool)
@@ -81,8 +75,8 @@ def check(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     rows = rows.merge(info, on="run_id")
     out = []
     for model, mrows in rows.groupby("model", sort=False):
-        grpo = mrows[mrows.trainer_class == "grpo"]
-        for objective, sd in mrows[~mrows.trainer_class.isin(["grpo", "sft"])].groupby("objective", sort=False):
+        baselines = mrows[mrows.teacherless]
+        for objective, sd in mrows[~mrows.teacherless].groupby("objective", sort=False):
             with_context, control = sd[sd.content != "none"], sd[sd.content == "none"]
             top = max(with_context.content, key=CONTENT_ORDER.index, default=None)
             richest = with_context[with_context.content == top]
@@ -91,22 +85,27 @@ def check(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
                 if control.empty or richest.empty:
                     out.append(_absent(number, "needs richness=none and a richer level"))
                 else:
-                    out.append(_row(number, *_difference(richest[col], control[col]), label))
+                    out.append(_row(number, *difference(richest[col], control[col]), label))
             narrow = with_context[with_context.unique == with_context.unique.min()]
             ind = narrow[narrow.eval_set == IN_DOMAIN]
             if ind.empty or with_context.unique.nunique() < 2:
                 out.append(_absent(3, "needs two coverage levels and in-domain evaluation"))
             else:
-                out.append(_row(3, *_mean_se(ind.correct - ind.correct_b),
+                out.append(_row(3, *mean_se(ind.correct - ind.correct_b),
                                 f"{objective} at coverage={narrow.coverage.iloc[0]}: trained - starting model"))
             broad_level = with_context.unique.max() if not with_context.empty else None
             broad = with_context[(with_context.unique == broad_level) & (with_context.eval_set != IN_DOMAIN)]
-            base = grpo[(grpo.unique == broad_level) & (grpo.eval_set != IN_DOMAIN)]
-            if broad.empty or base.empty or with_context.unique.nunique() < 2:
-                out.append(_absent(4, "needs GRPO, two coverage levels and out-of-domain suites"))
-            else:
-                out.append(_row(4, *_difference(broad.correct, base.correct),
-                                f"{objective} - grpo at coverage={broad.coverage.iloc[0]}, out-of-domain sets"))
-            for r in out[-4:]:
+            rows_4 = 0
+            for name, baseline in baselines.groupby("objective", sort=False):  # one row per teacherless objective
+                base = baseline[(baseline.unique == broad_level) & (baseline.eval_set != IN_DOMAIN)]
+                if broad.empty or base.empty or with_context.unique.nunique() < 2:
+                    continue
+                rows_4 += 1
+                out.append(_row(4, *difference(broad.correct, base.correct),
+                                f"{objective} - {name} at coverage={broad.coverage.iloc[0]}, out-of-domain sets"))
+            if not rows_4:
+                out.append(_absent(4, "needs GRPO (a teacherless objective), two coverage levels and out-of-domain "
+                                      "suites"))
+            for r in out[-(3 + max(rows_4, 1)):]:
                 r.update(model=model, objective=objective)
     return pd.DataFrame(out, columns=cols)

@@ -1,14 +1,13 @@
 """Evaluation: batched sampling, grading, response lengths, epistemic markers, per-set aggregates."""
 
-import math
 import time
-from collections import defaultdict
 
 import torch
 from tqdm.auto import tqdm
 
 from ablate import check_stop
-from ablate.data import Problem
+from ablate.metrics import aggregate
+from ablate.problem import Problem
 from ablate.grading import exact_match, is_correct
 from ablate.markers import count_markers
 
@@ -45,40 +44,6 @@ def score(completion: str, length: int, problem: Problem, words, mode: str) -> d
             "length": length, "markers": sum(counts.values()), "marker_counts": counts}
 
 
-def aggregate(samples: list[dict], eval_set: str) -> list[dict]:
-    """Per-eval-set metrics: accuracy (avg@k), pass@k, exact match, length and marker rates, with stderr.
-
-    Standard errors are over problems (the k samples of one problem are averaged first).
-    """
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for s in samples:
-        by_problem[s["problem_id"]].append(s)
-    per_problem_acc = [sum(s["correct"] for s in ss) / len(ss) for ss in by_problem.values()]
-    n = len(samples)
-    tokens = sum(s["length"] for s in samples)
-    values = {
-        "accuracy": sum(per_problem_acc) / len(per_problem_acc),
-        "accuracy_stderr": _stderr(per_problem_acc),
-        "pass_at_k": sum(any(s["correct"] for s in ss) for ss in by_problem.values()) / len(by_problem),
-        "exact_match": sum(s["exact_match"] for s in samples) / n,
-        "mean_length": tokens / n,
-        "markers_per_response": sum(s["markers"] for s in samples) / n,
-        "markers_per_1k_tokens": 1000 * sum(s["markers"] for s in samples) / tokens if tokens else None,
-        "n_problems": len(by_problem),
-        "n_samples": n,
-    }
-    for word in samples[0]["marker_counts"] if samples else ():
-        values[f"marker/{word}"] = sum(s["marker_counts"][word] for s in samples) / n
-    return [{"eval_set": eval_set, "name": k, "value": v} for k, v in values.items()]
-
-
-def _stderr(xs: list[float]) -> float | None:
-    if len(xs) < 2:
-        return None
-    mean = sum(xs) / len(xs)
-    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-
-
 def evaluate(model, tokenizer, suites: dict[str, list[Problem]], ev: dict, chat_template_kwargs: dict | None,
              stage: str) -> dict:
     """Sample k responses per problem on every eval set; return samples, metrics and timing."""
@@ -95,3 +60,16 @@ def evaluate(model, tokenizer, suites: dict[str, list[Problem]], ev: dict, chat_
         samples += rows
         metrics += aggregate(rows, name)
     return {"samples": samples, "metrics": metrics, "seconds": time.perf_counter() - start}
+
+
+def sample(model, tokenizer, problems: list[Problem], cfg: dict, k: int, seed: int, stage: str,
+           eval_set: str) -> tuple[dict, list[list[dict]]]:
+    """k scored samples per problem with the eval sampling settings of `cfg`: (evaluation result, samples per
+    problem, aligned with `problems`, which may repeat). The hint probe and the SFT sets sample this way."""
+    ev = {**cfg["eval"], "k": k, "seed": seed}
+    result = evaluate(model, tokenizer, {eval_set: problems}, ev, cfg["model"].get("chat_template_kwargs") or {}, stage)
+    samples = result["samples"]
+    groups = [samples[i * k:(i + 1) * k] for i in range(len(problems))]
+    if len(samples) != k * len(problems) or any(s["problem_id"] != p.id for p, g in zip(problems, groups) for s in g):
+        raise RuntimeError("evaluate returned samples out of problem order")
+    return result, groups

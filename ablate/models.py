@@ -19,6 +19,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from ablate import data
+from ablate.problem import Problem
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
     return folder
 
 
-def warmup_problems(build: dict, exclude: frozenset[str]) -> list[data.Problem]:
+def warmup_problems(build: dict, exclude: frozenset[str]) -> list[Problem]:
     """The warm-start problems: every `build.task` spec, less the excluded (evaluation) prompts."""
     return [p for i, spec in enumerate(build["task"]) for p in data.load(spec, f"model.build.task[{i}]", f"warmup{i}")
             if p.prompt not in exclude]

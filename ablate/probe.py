@@ -11,8 +11,8 @@ SDPO's teacher) or on the dataset's reference solution (source=reference). Round
 r-1's first correct response, by sample index rather than the shortest, so that a change in length comes from
 the hint and not from picking short responses; a problem round r-1 never solved keeps its previous hint.
 
-It is recorded as a run with objective `probe` (its settings are the run's `objective` config, so they enter the
-config hash): one evaluation per stage (`probe_screen`, `probe_round_0`, `probe_round_1`, ...) with per-sample
+It is recorded as a run of kind `probe` (objective "-"; its settings are the run's `probe` config, so they enter
+the config hash): one evaluation per stage (`probe_screen`, `probe_round_0`, `probe_round_1`, ...) with per-sample
 rows and the usual metrics (accuracy, length, markers) on eval set `probe`. Each round's settings record where
 each problem's hint came from.
 """
@@ -21,20 +21,18 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import cell, check_stop, record  # light: the report reads OBJECTIVE
+from ablate import cell, check_stop, record
 
-OBJECTIVE = "probe"  # runs.objective of probe runs
 EVAL_SET = "probe"
 
 
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None) -> str:
     """Run the probe for one config and record it; returns completed | skipped | failed | interrupted."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    settings = resolved.pop("probe")
     for unused in ("objective", "trainer"):  # nothing is trained: they would only split the config hash
         resolved.pop(unused)
-    resolved["objective"] = {"name": OBJECTIVE, **settings}
-    return cell.execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id))
+    resolved["objective"] = {"name": "-"}
+    return cell.execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id), kind="probe")
 
 
 def check(settings: dict) -> None:
@@ -50,38 +48,14 @@ def check(settings: dict) -> None:
         raise ValueError(f"probe.max_problems={settings['max_problems']}: need >= 1, or null for all")
 
 
-def sample(model, tokenizer, problems: list, cfg: dict, k: int, seed: int, stage: str,
-           eval_set: str = EVAL_SET) -> tuple[dict, list[list[dict]]]:
-    """k scored samples per problem with the eval sampling settings: (evaluation result, samples per problem,
-    aligned with `problems`, which may repeat)."""
-    from ablate import evaluate
-
-    ev = {**cfg["eval"], "k": k, "seed": seed}
-    result = evaluate.evaluate(model, tokenizer, {eval_set: problems}, ev,
-                               cfg["model"].get("chat_template_kwargs") or {}, stage)
-    samples = result["samples"]
-    groups = [samples[i * k:(i + 1) * k] for i in range(len(problems))]
-    if len(samples) != k * len(problems) or any(s["problem_id"] != p.id for p, g in zip(problems, groups) for s in g):
-        raise RuntimeError("evaluate.evaluate returned samples out of problem order")
-    return result, groups
-
-
-def hint(problem, group: list[dict], source: str, origin: str) -> tuple[str | None, dict]:
-    """(hint solution, where it came from): the dataset's reference solution, or the first correct sample of
-    `group` (stage `origin`); (None, ...) when there is none."""
-    if source == "reference":
-        return problem.solution, {"from": "reference"}
-    found = next((s for s in group if s["correct"]), None)
-    return (found["completion"], {"from": origin, "sample_idx": found["sample_idx"]}) if found else (None, {})
-
-
 def _run(cfg: dict, eng, run_id: int) -> None:
     import torch
     from transformers import set_seed
 
     from ablate import data, models, teacher
+    from ablate.evaluate import sample
 
-    settings, richness = cfg["objective"], cfg["richness"]
+    settings, richness = cfg["probe"], cfg["richness"]
     check(settings)
     if richness["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={richness['source']!r}: choose sibling or reference")
@@ -106,7 +80,7 @@ def _run(cfg: dict, eng, run_id: int) -> None:
         result["settings"] = {"probe": settings, "eval": cfg["eval"], **extra}
         results.append({"stage": stage, **result})
 
-    screen, groups = sample(model, tokenizer, candidates, cfg, k, next(seeds), "probe_screen")
+    screen, groups = sample(model, tokenizer, candidates, cfg, k, next(seeds), "probe_screen", EVAL_SET)
     rates = {p.id: sum(s["correct"] for s in g) / k for p, g in zip(candidates, groups)}
     lo, hi = settings["solve_rate_min"], settings["solve_rate_max"]
     chosen = [(p, g) for p, g in zip(candidates, groups) if lo <= rates[p.id] <= hi][:settings["max_problems"]]
@@ -114,21 +88,21 @@ def _run(cfg: dict, eng, run_id: int) -> None:
     if not chosen:
         raise ValueError(f"no problem among {len(candidates)} has a solve rate in [{lo}, {hi}] over k={k} samples; "
                          "widen probe.solve_rate_min/max, raise probe.k or choose a larger coverage")
-    hints = {p.id: hint(p, g, richness["source"], "probe_screen") for p, g in chosen}
+    hints = {p.id: teacher.hint(p, g, richness["source"], "probe_screen") for p, g in chosen}
     unsolved = [pid for pid, (text, _) in hints.items() if text is None and richness["content"] != "none"]
     if unsolved:
         raise ValueError(f"problem {unsolved[0]}: no correct screening response to hint with; raise "
                          "probe.solve_rate_min above 0 or set richness.source=reference")
     chosen = [p for p, _ in chosen]
-    round0, _ = sample(model, tokenizer, chosen, cfg, k, next(seeds), "probe_round_0")
+    round0, _ = sample(model, tokenizer, chosen, cfg, k, next(seeds), "probe_round_0", EVAL_SET)
     keep("probe_round_0", round0, round=0)
     for r in range(1, settings["rounds"] + 1):
         stage = f"probe_round_{r}"
         asked = [teacher.hinted(p, hints[p.id][0], richness, cfg["teacher"]) for p in chosen]
-        result, groups = sample(model, tokenizer, asked, cfg, k, next(seeds), stage)
+        result, groups = sample(model, tokenizer, asked, cfg, k, next(seeds), stage, EVAL_SET)
         keep(stage, result, round=r, hints={pid: origin for pid, (_, origin) in hints.items()})
         for p, g in zip(chosen, groups):  # chain: the next round conditions on this round's first correct one
-            found = hint(p, g, "sibling", stage)
+            found = teacher.hint(p, g, "sibling", stage)
             if found[0] is not None:
                 hints[p.id] = found
     check_stop()  # never record a run as completed after a stop request

@@ -24,7 +24,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 # A source checkout keeps migrations in db/migrations; an installed wheel ships them as ablate/migrations.
 _SOURCE_MIGRATIONS = Path(__file__).resolve().parent.parent / "db" / "migrations"
 MIGRATIONS = _SOURCE_MIGRATIONS if _SOURCE_MIGRATIONS.is_dir() else Path(__file__).resolve().parent / "migrations"
-HEAD = "0003"  # the newest migration; Base.metadata below matches it
+HEAD = "0004"  # the newest migration; Base.metadata below matches it
+# The ablation axes: columns of runs, config groups of a cell, the report's grid. Runs that are no grid cell (a
+# build, a probe) record "-" on the axes that do not apply to them.
+AXES = ("richness", "coverage", "model", "objective")
+KINDS = ("cell", "build", "probe")  # runs.kind
+DEFAULT_URL = "sqlite:///db/ablate.sqlite"  # conf/db/sqlite.yaml; the query, report and db commands default to it
 
 
 class SchemaError(RuntimeError):
@@ -41,6 +46,7 @@ class Run(Base):
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
     sweep: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="cell")  # cell | build | probe (0004)
     config_hash: Mapped[str] = mapped_column(String(64), index=True)
     config: Mapped[dict] = mapped_column(JSON)
     richness: Mapped[str] = mapped_column(String(64))
@@ -243,9 +249,9 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def start_run(eng: Engine, *, sweep: str, config: dict, axes: dict, seed: int) -> int:
+def start_run(eng: Engine, *, sweep: str, config: dict, axes: dict, seed: int, kind: str = "cell") -> int:
     with Session(eng) as s, s.begin():
-        run = Run(sweep=sweep, config_hash=config_hash(config), config=config, seed=seed, status="running",
+        run = Run(sweep=sweep, kind=kind, config_hash=config_hash(config), config=config, seed=seed, status="running",
                   started_at=now(), heartbeat_at=now(), **axes, **provenance())
         s.add(run)
         s.flush()
@@ -370,8 +376,8 @@ def db_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate db", description=db_main.__doc__)
     parser.add_argument("action", choices=["upgrade", "revision"], help="upgrade: migrate to the newest schema; "
                         "revision: print the current one")
-    parser.add_argument("--db", default=os.environ.get("ABLATE_DB", "sqlite:///db/ablate.sqlite"),
-                        help="SQLAlchemy URL (default $ABLATE_DB or sqlite:///db/ablate.sqlite)")
+    parser.add_argument("--db", default=os.environ.get("ABLATE_DB", DEFAULT_URL),
+                        help=f"SQLAlchemy URL (default $ABLATE_DB or {DEFAULT_URL})")
     args = parser.parse_args(argv)
     try:
         if args.action == "upgrade":

@@ -8,12 +8,13 @@ gets no guided sample, as SDPO gives no loss without a successful sibling) or th
 model writes when it already knows the answer.
 """
 
-from ablate import probe, teacher
+from ablate import teacher
 
 
 def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]:
     """(prompt-completion rows for TRL's SFTTrainer, statistics of the set for the train_steps table)."""
     from ablate import models
+    from ablate.evaluate import sample
 
     spec, richness = cfg["objective"]["sft"], cfg["richness"]
     k, keep = spec["samples_per_problem"], spec["max_per_problem"]
@@ -23,18 +24,17 @@ def build_rows(cfg: dict, model_path, problems: list) -> tuple[list[dict], dict]
     model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
     groups, sampled = [[] for _ in problems], 0
     if not spec["guided"] or richness["source"] == "sibling":  # a reference-sourced hint needs no unguided pass
-        _, groups = probe.sample(model, tokenizer, problems, cfg, k, 2 * cfg["seed"], "sft unguided", eval_set="sft")
+        _, groups = sample(model, tokenizer, problems, cfg, k, 2 * cfg["seed"], "sft unguided", "sft")
         sampled = len(problems) * k
     if spec["guided"]:
-        hints = [probe.hint(p, g, richness["source"], "sft unguided")[0] for p, g in zip(problems, groups)]
+        hints = [teacher.hint(p, g, richness["source"], "sft unguided")[0] for p, g in zip(problems, groups)]
         pairs = [(p, h) for p, h in zip(problems, hints) if h is not None or richness["content"] == "none"]
         if not pairs:
             raise ValueError(f"objective={cfg['objective']['name']}: no correct unguided response among {sampled} "
                              "to hint with; raise objective.sft.samples_per_problem or set richness.source=reference")
         problems = [p for p, _ in pairs]
         asked = [teacher.hinted(p, h, richness, cfg["teacher"]) for p, h in pairs]
-        groups = probe.sample(model, tokenizer, asked, cfg, k, 2 * cfg["seed"] + 1, "sft guided",
-                              eval_set="sft")[1]
+        groups = sample(model, tokenizer, asked, cfg, k, 2 * cfg["seed"] + 1, "sft guided", "sft")[1]
         sampled = len(asked) * k
     del model
     chat = cfg["model"].get("chat_template_kwargs") or {}

@@ -66,7 +66,7 @@ def teacher_prompt(prompt: str, solution: str | None, content: str, answer: str 
 
 
 def hinted(problem, solution: str | None, richness: dict, tcfg: dict):
-    """`problem` (a data.Problem) asked with the teacher's prompt: the hint `solution`, cut by richness.
+    """`problem` (a Problem) asked with the teacher's prompt: the hint `solution`, cut by richness.
 
     As for the training teacher, a dataset-sourced context (richness.source=reference) states the gold answer
     and a sibling-sourced one reads it from the solution's last \\boxed{}.
@@ -78,3 +78,12 @@ def hinted(problem, solution: str | None, richness: dict, tcfg: dict):
     except ValueError as err:
         raise ValueError(f"richness={richness['name']}: problem {problem.id}: {err}") from None
     return dataclasses.replace(problem, prompt=prompt)
+
+
+def hint(problem, group: list[dict], source: str, origin: str) -> tuple[str | None, dict]:
+    """(hint solution, where it came from): the dataset's reference solution (source=reference), or the first
+    correct scored sample of `group` (stage `origin`); (None, {}) when there is none."""
+    if source == "reference":
+        return problem.solution, {"from": "reference"}
+    found = next((s for s in group if s["correct"]), None)
+    return (found["completion"], {"from": origin, "sample_idx": found["sample_idx"]}) if found else (None, {})

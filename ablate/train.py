@@ -20,7 +20,7 @@ from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBu
 from ablate import check_stop, grading, models, sft, teacher  # noqa: E402
 from ablate.objectives import AntiSDTrainer, EGRSDTrainer, ObjectiveTrainer, RLRTTrainer, VOPDTrainer  # noqa: E402
 from ablate.markers import count_markers  # noqa: E402
-from ablate.data import Problem  # noqa: E402
+from ablate.problem import Problem  # noqa: E402
 
 TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer),
             # the citing papers' objectives (ablate/objectives.py): SDPO with its loss term replaced

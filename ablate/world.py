@@ -23,7 +23,7 @@ import hashlib
 import random
 
 from ablate import teacher
-from ablate.data import Problem
+from ablate.problem import Problem
 
 LO, HI = 10, 99  # every running value stays a two-digit number
 SPLITS = ("base", "study")

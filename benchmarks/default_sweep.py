@@ -34,7 +34,7 @@ def main() -> None:
             print(f"{label}: {seconds:.1f} s", flush=True)
         print(f"total: {total:.1f} s ({total / 60:.1f} min)")
         con = sqlite3.connect(f"{tmp}/bench.sqlite")
-        print("runs:", dict(con.execute("select status, count(*) from runs where objective != 'build' group by status")))
+        print("runs:", dict(con.execute("select status, count(*) from runs where kind = 'cell' group by status")))
         report = proc.stdout.strip().splitlines()[-1]
         text = open(report, encoding="utf-8").read()
         start = text.find('id="directions"')

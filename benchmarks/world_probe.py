@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ablate import data, evaluate, models, teacher, world
-from ablate.data import Problem
+from ablate.problem import Problem
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 LINE = re.compile(r"(?:(\d+)\? check [^,]*, (ok|wait) )?(\d+)((?:[+-]\d)*)")

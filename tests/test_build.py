@@ -10,9 +10,9 @@ def test_build_is_recorded_and_its_evaluation_reused(fast_cfg, tmp_path, capsys)
     cfg = fast_cfg("model.build.warmup_steps=4", "+model.build.sft={logging_steps: 1}")
     assert build.run(cfg) == "completed"
     db = sqlite3.connect(tmp_path / "results.sqlite")
-    (run_id, objective, richness, status, base_id), = db.execute(
-        "select id, objective, richness, status, base_evaluation_id from runs").fetchall()
-    assert (objective, richness, status) == ("build", "-", "completed") and base_id is not None
+    (run_id, kind, objective, richness, status, base_id), = db.execute(
+        "select id, kind, objective, richness, status, base_evaluation_id from runs").fetchall()
+    assert (kind, objective, richness, status) == ("build", "-", "-", "completed") and base_id is not None
     losses = db.execute("select step, value from train_steps where run_id = ? and name = 'build/loss' order by step",
                         (run_id,)).fetchall()
     assert [s for s, _ in losses] == [1, 2, 3, 4] and all(v > 0 for _, v in losses)

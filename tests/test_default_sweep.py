@@ -27,7 +27,7 @@ def test_default_sweep_end_to_end(tmp_path):
     swept = _run(tmp_path, "ablate", "-m", "grid=testbed", f"db.url={db}", *SMALL)
     assert swept.returncode == 0, swept.stderr[-2000:]
     con = sqlite3.connect(tmp_path / "ablate.sqlite")
-    runs = con.execute("select objective, richness, coverage, seed, status from runs where objective != 'build'").fetchall()
+    runs = con.execute("select objective, richness, coverage, seed, status from runs where kind = 'cell'").fetchall()
     # 3 richness x 2 coverage x 2 objectives x 2 seeds = 24 cells; GRPO has no teacher: one run per coverage x seed
     assert len(runs) == 16 and {r[4] for r in runs} == {"completed"}
     assert sorted({r[1] for r in runs if r[0] == "grpo"}) == ["-"] and sum(r[0] == "grpo" for r in runs) == 4

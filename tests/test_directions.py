@@ -8,8 +8,8 @@ import pytest
 from ablate import directions
 
 
-def _config(trainer_class, content, unique):
-    return {"objective": {"trainer_class": trainer_class}, "richness": {"content": content},
+def _config(context_source, content, unique):
+    return {"objective": {"context_source": context_source}, "richness": {"content": content},
             "coverage": {"unique": unique}}
 
 
@@ -22,10 +22,10 @@ def _runs():
         for richness, content in RICHNESS.items():
             rid += 1
             runs.append({"run_id": rid, "model": "m", "objective": "sdpo", "richness": richness, "coverage": coverage,
-                         "config": _config("sdpo", content, unique)})
+                         "config": _config("sibling", content, unique)})
         rid += 1
         runs.append({"run_id": rid, "model": "m", "objective": "grpo", "richness": "none", "coverage": coverage,
-                     "config": _config("grpo", "none", unique)})
+                     "config": _config(None, "none", unique)})
     return pd.DataFrame(runs)
 
 

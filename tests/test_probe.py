@@ -22,8 +22,9 @@ def test_probe_records_every_round_on_the_tiny_model(fast_cfg, tmp_path):
                    "probe.rounds=2", "richness=high", "richness.source=reference")
     assert probe.run(cfg) == "completed"
     db = tmp_path / "results.sqlite"
-    (run_id, objective, status, base), = _rows(db, "select id, objective, status, base_evaluation_id from runs")
-    assert (objective, status, base) == ("probe", "completed", None)
+    (run_id, kind, objective, status, base), = _rows(db, "select id, kind, objective, status, base_evaluation_id "
+                                                          "from runs")
+    assert (kind, objective, status, base) == ("probe", "-", "completed", None)
     counts = dict(_rows(db, "select e.stage, count(*) from samples s join evaluations e on e.id = s.evaluation_id "
                             "where e.run_id = 1 group by e.stage"))
     # 8 distinct problems (seen_8x8), all in the band [0, 1], 2 samples each, in the screen and in every round

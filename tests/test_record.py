@@ -67,6 +67,25 @@ def test_database_built_at_first_migration_upgrades_without_losing_rows(db_url):
         assert conn.execute(text("SELECT heartbeat_at FROM runs")).scalar() is None
 
 
+def test_run_kind_migration_moves_builds_and_probes_out_of_objective(db_url):
+    eng = record.engine(db_url)
+    with eng.begin() as conn:
+        command.upgrade(record._alembic(conn), "0003")
+    with eng.begin() as conn:  # until 0003 a build or probe hid its kind in runs.objective
+        for i, objective in enumerate(("build", "probe", "sdpo"), 1):
+            conn.execute(text("INSERT INTO runs (sweep, config_hash, config, richness, coverage, model, objective, "
+                              f"seed, status, versions, started_at) VALUES ('s', 'h{i}', '{{}}', '-', '-', 'tiny', "
+                              f"'{objective}', 0, 'completed', '{{}}', '2026-01-01 00:00:00')"))
+    assert record.upgrade(db_url) == record.HEAD
+    with eng.connect() as conn:
+        rows = conn.execute(text("SELECT config_hash, kind, objective FROM runs ORDER BY config_hash")).all()
+        assert [tuple(r) for r in rows] == [("h1", "build", "-"), ("h2", "probe", "-"), ("h3", "cell", "sdpo")]
+        assert "kind" in conn.execute(text("SELECT * FROM run_steps")).keys()
+    run_id = record.start_run(eng, sweep="s", config={"seed": 9}, seed=9, axes=AXES)  # the default kind
+    with eng.connect() as conn:
+        assert conn.execute(text(f"SELECT kind FROM runs WHERE id = {run_id}")).scalar() == "cell"
+
+
 def test_pre_alembic_database_is_adopted(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     eng = record.engine(url)

@@ -62,7 +62,7 @@ def test_sdpo_builder_rewrites_sibling_by_richness(content, expected):
 
 
 def test_dataset_rows_carry_reference_context():
-    from ablate.data import Problem
+    from ablate.problem import Problem
 
     rows = train.dataset_rows([Problem("p1", PROMPT, "5", SOLUTION)], {"name": "medium", "content":
                               "solution_no_thinking", "source": "reference"}, {"answer_template": "{answer}"})
