@@ -8,7 +8,8 @@ import traceback
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import check_stop, record  # light: torch, transformers and TRL load only when a cell actually runs
+from ablate import check_stop, metrics, record  # light: torch, transformers and TRL load only when a cell actually runs
+from ablate import validate
 
 # What an objective without a teacher (objective.context_source: null, e.g. grpo) records as its richness: every
 # richness level is then the same config hash, so a grid runs such a cell once and skips its other levels.
@@ -34,6 +35,7 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     process is running; a running row without a recent heartbeat is stale and the cell runs again.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    validate.check(resolved)  # a bad value: one line, before anything loads or is written
     resolved.pop("probe", None)  # the hint probe's settings: no part of a cell (nor of its config hash)
     if resolved["objective"]["context_source"] is None:
         resolved["richness"] = dict(NO_RICHNESS)
@@ -148,15 +150,12 @@ def summary(eng, run_id: int) -> str:
     table: dict = {}
     for ev_id, eval_set, name, value in rows:
         table.setdefault(eval_set, {})[(name, "base" if ev_id == run.base_evaluation_id else "trained")] = value
-    cols = [("accuracy", "acc", "{:.3f}"), ("pass_at_k", "pass@k", "{:.3f}"), ("mean_length", "length", "{:.1f}"),
-            ("markers_per_response", "markers/resp", "{:.2f}")]
+    cols = [m for m in metrics.METRICS if m.summary]
     lines = [f"run {run.id} [{run.status}] richness={run.richness} coverage={run.coverage} model={run.model} "
              f"objective={run.objective} seed={run.seed} config={run.config_hash}",
-             f"{'eval set':<12}" + "".join(f"{label:>22}" for _, label, _ in cols)]
+             f"{'eval set':<12}" + "".join(f"{m.label:>24}" for m in cols)]
     for eval_set, vals in table.items():
-        cells = []
-        for name, _, fmt in cols:
-            b, t = vals.get((name, "base")), vals.get((name, "trained"))
-            cells.append(f"{(fmt.format(b) if b is not None else '-') + ' -> ' + (fmt.format(t) if t is not None else '-'):>22}")
+        cells = [f"{metrics.fmt(m.name, vals.get((m.name, 'base'))) + ' -> ':>14}"
+                 f"{metrics.fmt(m.name, vals.get((m.name, 'trained'))):<10}" for m in cols]
         lines.append(f"{eval_set:<12}" + "".join(cells))
     return "\n".join(lines)

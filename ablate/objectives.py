@@ -8,14 +8,16 @@ Notation, per completion token t of rollout i (shape [batch, tokens]):
         sibling), else 0;  success  1 for rollouts whose reward reaches SDPO's success_reward_threshold.
 
 Each objective is an SDPOTrainer (TRL) whose distillation term, or for RLRT whose advantages, are replaced; the
-teacher prompt, sibling selection, rollouts and GRPO term stay TRL's. Knobs come from the objective's `loss:`
-block (conf/objective/<name>.yaml), never from the objective's name.
+teacher prompt, sibling selection, rollouts and GRPO term stay TRL's. Each objective's knobs are fields of its
+config dataclass (a subclass of TRL's SDPOConfig), set like any TRL field in `objective.trainer`
+(conf/objective/<name>.yaml), so TRL's own field check covers them; code never reads the objective's name.
 """
 
 import math
+from dataclasses import dataclass, field
 
 import torch
-from trl.experimental.sdpo import SDPOTrainer
+from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 from trl.experimental.sdpo.loss_utils import (
     apply_importance_sampling_clipping,
     compute_full_logit_self_distillation_loss,
@@ -112,19 +114,56 @@ def rlrt_bonus(student_logp, teacher_logp, success, mask, *, bonus_coef, bonus_c
 # --- trainers ---
 
 
+def _positive(config, *names: str) -> None:
+    for name in names:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"objective.trainer.{name}={getattr(config, name)}: must be > 0")
+
+
+@dataclass
+class EGRSDConfig(SDPOConfig):
+    ratio_clip: float = field(default=2.0, metadata={"help": "EGRSD: cap on the likelihood-ratio magnitude "
+                                                               "exp(+-(log p_T - log p_S)) per token."})
+    entropy_floor: float = field(default=0.1, metadata={"help": "EGRSD: lower bound of the entropy gate "
+                                                                  "1 - H_T/log|V|; high-entropy tokens keep this weight."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self, "ratio_clip", "entropy_floor")
+
+
+@dataclass
+class VOPDConfig(SDPOConfig):
+    baseline: bool = field(default=True, metadata={"help": "vOPD: subtract V_t = -KL_t; false gives vanilla "
+                                                             "sampled-token OPD."})
+
+
+@dataclass
+class AntiSDConfig(SDPOConfig):
+    entropy_threshold: float = field(default=0.1, metadata={"help": "AntiSD: nats; the term is off while the "
+                                                                      "teacher's mean token entropy is below this."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.distillation_mode not in ("topk_logits", "full_logits"):
+            raise ValueError(f"objective.trainer.distillation_mode={self.distillation_mode!r}: AntiSD ascends a "
+                             "divergence over a token support; choose topk_logits or full_logits")
+
+
+@dataclass
+class RLRTConfig(SDPOConfig):
+    bonus_coef: float = field(default=0.1, metadata={"help": "RLRT: bonus per nat of log p_S - log p_T, added to "
+                                                               "the rollout's GRPO advantage."})
+    bonus_cap: float = field(default=5.0, metadata={"help": "RLRT: nats; caps one token's bonus at "
+                                                              "bonus_coef * bonus_cap."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self, "bonus_cap")
+
+
 class ObjectiveTrainer(SDPOTrainer):
-    """SDPOTrainer with knobs from the objective's `loss:` block; subclasses declare theirs in `knobs` (defaults)."""
-
-    knobs: dict = {}
-
-    def __init__(self, *args, loss: dict | None = None, **kwargs):
-        loss = dict(loss or {})
-        unknown = sorted(set(loss) - set(self.knobs))
-        if unknown:
-            raise ValueError(f"objective.loss.{unknown[0]}: not a knob of {type(self).__name__}; "
-                             f"choose from {', '.join(self.knobs)}")
-        self.loss_knobs = {**self.knobs, **loss}
-        super().__init__(*args, **kwargs)
+    """SDPOTrainer whose distillation term is `_per_token_loss`; the knobs are fields of `self.args`."""
 
     def _success(self, inputs):
         return (inputs["rewards"] >= self.args.success_reward_threshold).to(inputs["completion_mask"].dtype)
@@ -158,30 +197,24 @@ class ObjectiveTrainer(SDPOTrainer):
 
 
 class EGRSDTrainer(ObjectiveTrainer):
-    knobs = {"ratio_clip": 2.0, "entropy_floor": 0.1}
-
     def _per_token_loss(self, model, inputs, d, stats):
-        k = self.loss_knobs
+        k = self.args
         w = egrsd_weights(stats["student_logp"], stats["teacher_logp"], stats["teacher_entropy"], self._success(inputs),
-                          ratio_clip=k["ratio_clip"], entropy_floor=k["entropy_floor"],
+                          ratio_clip=k.ratio_clip, entropy_floor=k.entropy_floor,
                           max_entropy=math.log(d.student_logits.size(-1)))
         self._log(model, "weight_abs", w.abs(), d.loss_mask)
         return policy_gradient_loss(w, stats["student_logp"])
 
 
 class VOPDTrainer(ObjectiveTrainer):
-    knobs = {"baseline": True}
-
     def _per_token_loss(self, model, inputs, d, stats):
         a = vopd_advantages(stats["student_logp"], stats["teacher_logp"], stats["reverse_kl"],
-                            baseline=self.loss_knobs["baseline"])
+                            baseline=self.args.baseline)
         self._log(model, "advantage", a, d.loss_mask)
         return policy_gradient_loss(a, stats["student_logp"])
 
 
 class AntiSDTrainer(ObjectiveTrainer):
-    knobs = {"entropy_threshold": 0.1}
-
     def _per_token_loss(self, model, inputs, d, stats):
         a = self.args
         if a.distillation_mode == "topk_logits":
@@ -189,22 +222,17 @@ class AntiSDTrainer(ObjectiveTrainer):
                                                       distillation_topk=a.distillation_topk,
                                                       distillation_alpha=a.distillation_alpha,
                                                       distillation_add_tail=a.distillation_add_tail)
-        elif a.distillation_mode == "full_logits":
+        else:  # full_logits (AntiSDConfig refuses the rest)
             div = compute_full_logit_self_distillation_loss(d.student_logits, d.teacher_logits,
                                                             distillation_alpha=a.distillation_alpha)
-        else:
-            raise ValueError(f"objective.trainer.distillation_mode={a.distillation_mode!r}: AntiSD ascends a "
-                             "divergence over a token support; choose topk_logits or full_logits")
         gate = entropy_gate(stats["teacher_entropy"], d.loss_mask,
-                            entropy_threshold=self.loss_knobs["entropy_threshold"])
+                            entropy_threshold=self.args.entropy_threshold)
         self._metrics["train" if model.training else "eval"]["objective/gate"].append(gate.item())
         return antisd_loss(div, gate)
 
 
 class RLRTTrainer(ObjectiveTrainer):
     """GRPO whose per-token advantages carry the RLRT bonus; the teacher is only read, never distilled from."""
-
-    knobs = {"bonus_coef": 0.1, "bonus_cap": 5.0}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
@@ -213,7 +241,7 @@ class RLRTTrainer(ObjectiveTrainer):
         student_logp = selective_log_softmax(d.student_logits, d.completion_ids)
         teacher_logp = selective_log_softmax(d.teacher_logits, d.completion_ids)
         bonus = rlrt_bonus(student_logp, teacher_logp, self._success(inputs), d.loss_mask,
-                           bonus_coef=self.loss_knobs["bonus_coef"], bonus_cap=self.loss_knobs["bonus_cap"])
+                           bonus_coef=self.args.bonus_coef, bonus_cap=self.args.bonus_cap)
         self._log(model, "bonus", bonus, d.completion_mask)
         advantages = inputs["advantages"].unsqueeze(1) + bonus  # TRL's policy loss takes [batch, tokens] advantages
         loss = self._compute_policy_loss({**inputs, "advantages": advantages}, d.student_logits)

@@ -18,15 +18,11 @@ from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
 from ablate import check_stop, grading, models, sft, teacher  # noqa: E402
-from ablate.objectives import AntiSDTrainer, EGRSDTrainer, ObjectiveTrainer, RLRTTrainer, VOPDTrainer  # noqa: E402
+from ablate.objectives import (AntiSDConfig, AntiSDTrainer, EGRSDConfig, EGRSDTrainer, RLRTConfig,  # noqa: E402
+                               RLRTTrainer, VOPDConfig, VOPDTrainer)
 from ablate.markers import count_markers  # noqa: E402
 from ablate.problem import Problem  # noqa: E402
 
-TRAINERS = {"grpo": (GRPOConfig, GRPOTrainer), "sdpo": (SDPOConfig, SDPOTrainer), "sdft": (SDFTConfig, SDFTTrainer),
-            # the citing papers' objectives (ablate/objectives.py): SDPO with its loss term replaced
-            "egrsd": (SDPOConfig, EGRSDTrainer), "vopd": (SDPOConfig, VOPDTrainer),
-            "antisd": (SDPOConfig, AntiSDTrainer), "rlrt": (SDPOConfig, RLRTTrainer),
-            "sft": (SFTConfig, SFTTrainer)}
 # Sent to SDPO as "environment feedback" so that, with richness none and a dataset source, every sample is
 # distilled; the builder below ignores its text.
 _NO_CONTEXT = "(no context)"
@@ -37,13 +33,14 @@ class TeacherContextTooLong(ValueError):
 
 
 def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
-    """(TRL config class, its kwargs): trainer < model.trainer < objective.trainer, checked against the class."""
+    """(TRL config class, its kwargs): trainer < model.trainer < objective.trainer, checked against the class
+    (an objective's own knobs are fields of it)."""
     kind = cfg["objective"]["trainer_class"]
     if kind not in TRAINERS:
         raise ValueError(f"objective.trainer_class={kind!r}: choose from {', '.join(TRAINERS)}")
-    config_cls = TRAINERS[kind][0]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    known = set().union(*({f.name for f in dataclasses.fields(c)} for c, _ in TRAINERS.values()))
+    family = TRAINERS[kind]
+    fields = {f.name for f in dataclasses.fields(family.config)}
+    known = set().union(*({f.name for f in dataclasses.fields(f.config)} for f in TRAINERS.values()))
     kwargs: dict = {}
     for section, values, strict in (("trainer", cfg["trainer"], False), ("model.trainer", cfg["model"].get("trainer"), False),
                                     ("objective.trainer", cfg["objective"]["trainer"], True)):
@@ -53,7 +50,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
             elif strict or key not in known:  # shared sections may hold fields of another objective's trainer
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                raise ValueError(f"{section}.{key}: not a field of {config_cls.__name__}{hint}")
+                raise ValueError(f"{section}.{key}: not a field of {family.config.__name__}{hint}")
     kwargs.update(output_dir=output_dir, seed=cfg["seed"], use_cpu=not torch.cuda.is_available())
     # Rollouts use the same chat template settings (Qwen3 enable_thinking) and dtype as evaluation.
     if cfg["model"].get("chat_template_kwargs") and "chat_template_kwargs" in fields:  # SFT: a dataset column
@@ -61,17 +58,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
     if cfg["objective"]["context_source"] is not None and cfg["richness"]["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
-    if config_cls is SDPOConfig:
-        # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
-        # for the prompt, a full-length demonstration and the template.
-        kwargs.setdefault("max_reprompt_len", (kwargs.get("max_prompt_length") or 2048)
-                          + (kwargs.get("max_completion_length") or 1024) + 64)
-        kwargs.update(solution_template="{successful_previous_attempt}", feedback_template="{feedback_raw}",
-                      use_successful_as_teacher=cfg["richness"]["source"] == "sibling",
-                      include_environment_feedback=cfg["richness"]["source"] == "reference")
-    if kind == "sdft":
-        kwargs["teacher_prompt_template"] = "{prompt}{privileged_context}"  # unused: RichnessSDFTBuilder composes
-    return config_cls, kwargs
+    return family.config, family.config_kwargs(cfg, kwargs)
 
 
 def dataset_rows(problems: list[Problem], richness: dict, tcfg: dict) -> list[dict]:
@@ -202,63 +189,121 @@ class MarkerLogger(TrainerCallback):
         self.trainer._metrics["train"]["markers/mean"].append(sum(counts) / max(len(counts), 1))
 
 
-def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str,
-                  reward_funcs=None, callbacks=()):
-    """The TRL trainer for cfg.objective on `problems`, teacher context by cfg.richness.
-
-    Rewards: `reward_funcs` (default: math-verify correctness), plus markers per rollout at weight 0 so that
-    every step logs the epistemic-marker rate of the rollouts.
-    """
-    config_cls, kwargs = trainer_args(cfg, output_dir)
-    trainer_cls = TRAINERS[cfg["objective"]["trainer_class"]][1]
-    if cfg["objective"].get("loss") and not issubclass(trainer_cls, ObjectiveTrainer):
-        raise ValueError(f"objective.loss: trainer_class={cfg['objective']['trainer_class']} has no loss knobs; "
-                         "remove the block or use an objective whose trainer reads it")
-    if trainer_cls is SFTTrainer:  # no rollouts: the model's own correct responses, sampled once before training
-        rows, stats = sft.build_rows(cfg, model_path, problems)
-        trainer = SFTTrainer(model=str(model_path), args=config_cls(**kwargs), train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, callbacks=list(callbacks))
-        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs=stats)  # step 0
-        trainer.remove_callback(PrinterCallback)
-        if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(QuietProgress)
-        return trainer
-    words, mode = cfg["eval"]["markers"]["words"], cfg["eval"]["markers"]["mode"]
-    reward_funcs = list(reward_funcs or [grading.reward])
-    if trainer_cls is not SDFTTrainer and "reward_weights" not in kwargs:
-        reward_funcs.append(marker_reward(words, mode))
-        kwargs["reward_weights"] = [1.0] * (len(reward_funcs) - 1) + [0.0]
-    args = config_cls(**kwargs)
-    rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
-    common = dict(model=str(model_path), args=args, train_dataset=Dataset.from_list(rows),
-                  processing_class=tokenizer, callbacks=list(callbacks))
-    if cfg["model"].get("lora"):  # LoRA adapters instead of a full fine-tune (OPSD's way to fit 8B on one GPU)
-        common["peft_config"] = models.lora_config(cfg["model"])
-    if trainer_cls is SDFTTrainer:
-        if "privileged_context" not in rows[0]:
-            raise ValueError(f"objective={cfg['objective']['name']} reads its teacher context from the dataset: "
-                             "set richness.source=reference")
-        logger = MarkerLogger(words, mode)
-        common["callbacks"].append(logger)
-        trainer = trainer_cls(**common)
-        logger.trainer = trainer
-        trainer.teacher_context_builder = RichnessSDFTBuilder(trainer, cfg["richness"], cfg["teacher"])
-    else:
-        if issubclass(trainer_cls, ObjectiveTrainer):
-            common["loss"] = cfg["objective"].get("loss")
-        trainer = trainer_cls(reward_funcs=reward_funcs, **common)
-        if issubclass(trainer_cls, SDPOTrainer):
-            trainer.teacher_context_builder = RichnessSDPOBuilder(trainer, cfg["richness"], cfg["teacher"])
+def _quiet(trainer):
+    """No dict printed per step (the numbers go to the database); the step progress bar stays."""
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgress)
     return trainer
 
 
+class Family:
+    """How one family of TRL trainers is configured and built: GRPO-style rollouts with rewards (GRPO, and SDPO
+    with its teacher), SDFT's demonstrations, SFT on the model's own solutions. One adapter per family."""
+
+    def __init__(self, config: type, trainer: type):
+        self.config, self.trainer = config, trainer
+
+    def config_kwargs(self, cfg: dict, kwargs: dict) -> dict:
+        return kwargs
+
+    def build(self, cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks):
+        raise NotImplementedError
+
+
+def _common(cfg, model_path, tokenizer, rows, args, callbacks) -> dict:
+    common = dict(model=str(model_path), args=args, train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer, callbacks=list(callbacks))
+    if cfg["model"].get("lora"):  # LoRA adapters instead of a full fine-tune (OPSD's way to fit 8B on one GPU)
+        common["peft_config"] = models.lora_config(cfg["model"])
+    return common
+
+
+class Rollouts(Family):
+    """GRPOTrainer and its subclasses: rewards (correctness, plus markers per rollout at weight 0 so that every
+    step logs the rollouts' epistemic-marker rate)."""
+
+    def build(self, cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks):
+        ev = cfg["eval"]["markers"]
+        reward_funcs = list(reward_funcs or [grading.reward])
+        if "reward_weights" not in kwargs:
+            reward_funcs.append(marker_reward(ev["words"], ev["mode"]))
+            kwargs = {**kwargs, "reward_weights": [1.0] * (len(reward_funcs) - 1) + [0.0]}
+        rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
+        return self.trainer(reward_funcs=reward_funcs,
+                            **_common(cfg, model_path, tokenizer, rows, self.config(**kwargs), callbacks))
+
+
+class SelfDistillation(Rollouts):
+    """SDPOTrainer and the citing papers' objectives: rollouts whose teacher prompt RichnessSDPOBuilder builds."""
+
+    def config_kwargs(self, cfg, kwargs):
+        source = cfg["richness"]["source"]
+        # The teacher prompt is built by RichnessSDPOBuilder from the raw demonstration; by default it has room
+        # for the prompt, a full-length demonstration and the template.
+        kwargs.setdefault("max_reprompt_len", (kwargs.get("max_prompt_length") or 2048)
+                          + (kwargs.get("max_completion_length") or 1024) + 64)
+        return {**kwargs, "solution_template": "{successful_previous_attempt}", "feedback_template": "{feedback_raw}",
+                "use_successful_as_teacher": source == "sibling", "include_environment_feedback": source == "reference"}
+
+    def build(self, cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks):
+        trainer = super().build(cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks)
+        trainer.teacher_context_builder = RichnessSDPOBuilder(trainer, cfg["richness"], cfg["teacher"])
+        return trainer
+
+
+class Demonstrations(Family):
+    """SDFTTrainer: the teacher's context comes from the dataset (richness.source=reference); no rewards, so a
+    callback logs the rollouts' markers."""
+
+    def config_kwargs(self, cfg, kwargs):
+        return {**kwargs, "teacher_prompt_template": "{prompt}{privileged_context}"}  # unused: the builder composes
+
+    def build(self, cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks):
+        rows = dataset_rows(problems, cfg["richness"], cfg["teacher"])
+        if "privileged_context" not in rows[0]:
+            raise ValueError(f"objective={cfg['objective']['name']} reads its teacher context from the dataset: "
+                             "set richness.source=reference")
+        logger = MarkerLogger(cfg["eval"]["markers"]["words"], cfg["eval"]["markers"]["mode"])
+        trainer = self.trainer(**_common(cfg, model_path, tokenizer, rows, self.config(**kwargs),
+                                         [*callbacks, logger]))
+        logger.trainer = trainer
+        trainer.teacher_context_builder = RichnessSDFTBuilder(trainer, cfg["richness"], cfg["teacher"])
+        return trainer
+
+
+class OwnSolutions(Family):
+    """SFTTrainer on the starting model's own correct responses, sampled once before training (ablate.sft)."""
+
+    def build(self, cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks):
+        rows, stats = sft.build_rows(cfg, model_path, problems)
+        trainer = self.trainer(**_common(cfg, model_path, tokenizer, rows, self.config(**kwargs), callbacks))
+        trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs=stats)  # step 0
+        return trainer
+
+
+# objective.trainer_class -> the family that builds it, with its TRL config and trainer classes
+TRAINERS = {"grpo": Rollouts(GRPOConfig, GRPOTrainer), "sdpo": SelfDistillation(SDPOConfig, SDPOTrainer),
+            "sdft": Demonstrations(SDFTConfig, SDFTTrainer),
+            # the citing papers' objectives (ablate/objectives.py): SDPO with its loss term and knobs replaced
+            "egrsd": SelfDistillation(EGRSDConfig, EGRSDTrainer), "vopd": SelfDistillation(VOPDConfig, VOPDTrainer),
+            "antisd": SelfDistillation(AntiSDConfig, AntiSDTrainer), "rlrt": SelfDistillation(RLRTConfig, RLRTTrainer),
+            "sft": OwnSolutions(SFTConfig, SFTTrainer)}
+
+
+def build_trainer(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str,
+                  reward_funcs=None, callbacks=()):
+    """The TRL trainer for cfg.objective on `problems`, teacher context by cfg.richness; `reward_funcs` default to
+    math-verify correctness."""
+    _, kwargs = trainer_args(cfg, output_dir)
+    family = TRAINERS[cfg["objective"]["trainer_class"]]
+    return _quiet(family.build(cfg, model_path, tokenizer, problems, kwargs, reward_funcs, callbacks))
+
+
 def check_teacher_prompts(cfg: dict, tokenizer, problems: list[Problem], limit: int | None) -> None:
     """Before training, fail if a dataset-sourced teacher prompt would be truncated to `limit` tokens."""
     r, t = cfg["richness"], cfg["teacher"]
-    if limit is None or cfg["objective"]["trainer_class"] == "grpo" or r["source"] != "reference":
+    if limit is None or cfg["objective"]["context_source"] is None or r["source"] != "reference":
         return
     rows = dataset_rows(problems, r, t)
     texts = [row["prompt"][:-1] + [{"role": "user", "content": t["template"].format(

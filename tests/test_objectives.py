@@ -141,9 +141,18 @@ def test_rlrt_bonus_by_hand():
     assert objectives.rlrt_bonus(t(LOG_S), t(math.log(0.25)), torch.tensor([1.0]), t(0), **kw).item() == 0.0
 
 
-def test_unknown_knob_is_named():
-    with pytest.raises(ValueError, match="objective.loss.ratio_clp: not a knob of EGRSDTrainer; choose from ratio_clip"):
-        objectives.EGRSDTrainer(loss={"ratio_clp": 1.0})
+def test_knobs_are_fields_of_the_objectives_trl_config(fast_cfg):
+    from ablate import train
+
+    cfg = OmegaConf.to_container(fast_cfg("objective=egrsd", "objective.trainer.entropy_floor=0.3"), resolve=True)
+    config_cls, kwargs = train.trainer_args(cfg, "/tmp/out")
+    assert config_cls is objectives.EGRSDConfig and config_cls(**kwargs).entropy_floor == 0.3
+    typo = OmegaConf.to_container(fast_cfg("objective=egrsd", "+objective.trainer.ratio_clp=1.0"), resolve=True)
+    with pytest.raises(ValueError, match="objective.trainer.ratio_clp: not a field of EGRSDConfig; did you mean "
+                                         "ratio_clip"):
+        train.trainer_args(typo, "/tmp/out")
+    with pytest.raises(ValueError, match="objective.trainer.bonus_cap=0: must be > 0"):
+        objectives.RLRTConfig(output_dir="/tmp/out", bonus_cap=0, use_cpu=True, bf16=False)
 
 
 NEW = {"egrsd": "objective/weight_abs", "vopd": "objective/advantage", "antisd": "objective/gate",
