@@ -91,22 +91,33 @@ def _split_of(text: str) -> str:
     return SPLITS[int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 2]
 
 
-def _draw(rng: random.Random, steps: tuple[int, int], ops: tuple[str, ...]) -> tuple[int, list[tuple[str, int]]]:
+def _draw(rng: random.Random, steps: tuple[int, int], ops: tuple[str, ...],
+          carry: float | None = None) -> tuple[int, list[tuple[str, int]]]:
     n = rng.randint(*steps)
     # With one operator the start leaves room for n moves; with both, one of them always fits.
     value = start = rng.randint(LO + (9 * n if ops == ("-",) else 0), HI - (9 * n if ops == ("+",) else 0))
     moves = []
     for _ in range(n):
-        x = rng.randint(1, 9)
-        op = rng.choice([op for op in ops if LO <= apply(value, op, x) <= HI])
+        if carry is None:
+            x = rng.randint(1, 9)
+            op = rng.choice([op for op in ops if LO <= apply(value, op, x) <= HI])
+        else:  # each move is a hard one (a carry or borrow) with probability `carry`, where one fits
+            fits = [(op, x) for op in ops for x in range(1, 10) if LO <= apply(value, op, x) <= HI]
+            hard = rng.random() < carry
+            op, x = rng.choice([m for m in fits if is_hard(value, *m) == hard] or fits)
         moves.append((op, x))
         value = apply(value, op, x)
     return start, moves
 
 
 def generate(n: int, steps=(2, 3), ops=("+",), seed: int = 0, split: str = "study", tentative=(0.15, 0.6),
-             wrong: float = 0.5, hint: dict | None = None, name: str = "world") -> list[Problem]:
+             wrong: float = 0.5, hint: dict | None = None, name: str = "world", carry: float | None = None) -> list[Problem]:
     """`n` distinct problems of one family with solver traces, deterministic in `seed`.
+
+    carry: the chance that a move is drawn hard (a carry or a borrow: the steps where slips happen and checks
+    matter) when both kinds fit, the dose knob of the OOD suites; None draws moves uniformly. On 5-addition
+    chains the realised share of hard moves runs from about 0.28 (carry 0) to 0.72 (carry 1), 0.49 uniform.
+    tentative=(0, 0) gives confident traces only: the control corpus, with no verbalized checks.
 
     hint: {template, answer_template, contents, fraction}: also emit, for that fraction of the problems, the
     same question wrapped in the teacher prompt (context cut by a richness content drawn from `contents`,
@@ -119,6 +130,8 @@ def generate(n: int, steps=(2, 3), ops=("+",), seed: int = 0, split: str = "stud
         raise ValueError(f"world steps={list(steps)}, ops={list(ops)}: need 1 <= steps[0] <= steps[1] and ops from '+', '-'")
     if len(ops) == 1 and LO + 9 * steps[1] > HI:
         raise ValueError(f"world steps={list(steps)}: one operator keeps values in {LO}..{HI} for at most 9 steps")
+    if carry is not None and not 0 <= carry <= 1:
+        raise ValueError(f"world carry={carry}: a share of hard moves, from 0 to 1 (or null for uniform moves)")
     if hint and "none" in hint["contents"]:
         raise ValueError("world hint.contents: 'none' is not a hint; choose from answer, solution_no_thinking, solution")
     rng = random.Random(f"world:{name}:{seed}")
@@ -129,7 +142,7 @@ def generate(n: int, steps=(2, 3), ops=("+",), seed: int = 0, split: str = "stud
         attempts += 1
         if attempts > 200 * n + 1000:
             raise ValueError(f"world {name!r}: cannot draw {n} distinct {split} problems; lower n or widen steps")
-        start, moves = _draw(rng, steps, ops)
+        start, moves = _draw(rng, steps, ops, carry)
         q = question(start, moves)
         # Every operator of the family in every problem: a "+"-only chain of the minus family is in-domain.
         if q in seen or _split_of(q) != split or {op for op, _ in moves} != set(ops):

@@ -156,3 +156,38 @@ def test_testbed_build_at_reduced_size_loads_and_generates(tmp_path):
     model, tok = models.load(folder)
     out = evaluate.generate(model, tok, ["12+3=?"], temperature=1.0, top_p=1.0, max_new_tokens=8, batch_size=1)
     assert len(out) == 1 and 0 < out[0][1] <= 8
+
+
+def _hard_share(problems) -> float:
+    steps = [s for p in problems for s in _steps(p.prompt, p.solution)]
+    return sum(world.is_hard(a, op, x) for a, op, x, *_ in steps) / len(steps)
+
+
+def test_carry_knob_sets_the_share_of_hard_moves():
+    shares = [_hard_share(world.generate(300, steps=(5, 5), seed=3, carry=c)) for c in (0.0, 0.33, 0.67, 1.0)]
+    # Only one kind of move fits at some values (units digit 9: every addition carries; 0: none does), so on
+    # 5-addition chains the realised share of hard moves spans about 0.28 to 0.72 (measured), rising with the knob.
+    assert shares == sorted(shares) and shares[0] < 0.33 and shares[-1] > 0.67
+    for p in world.generate(50, steps=(5, 5), seed=3, carry=1.0):  # the knob keeps the solver right
+        assert eval(p.prompt[:-2]) == int(p.answer)
+    with pytest.raises(ValueError, match="carry=1.5"):
+        world.generate(3, carry=1.5)
+
+
+def test_dose_grid_and_control_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        dose = compose("config", ["grid=dose"], return_hydra_config=True)
+        control = OmegaConf.to_container(compose("config", ["model=testbed_control"]), resolve=True)
+    suites = {k: v for k, v in dose.eval.suites.items() if v is not None}
+    assert sorted(v.carry for v in suites.values()) == [0.0, 0.33, 0.67, 1.0]
+    assert dose.hydra.sweeper.params.objective == "grpo,sdpo" and dose.hydra.sweeper.params.coverage == "seen_512"
+    # the control corpus: the same recipe with confident traces only, so not one marker
+    from ablate import models
+
+    build = {**control["model"]["build"], "task": [{**t, "n": 200} for t in control["model"]["build"]["task"]]}
+    corpus = models.warmup_problems(build, frozenset())
+    assert len(corpus) > 600 and sum(sum(count_markers(p.solution, PAPER_MARKERS).values()) for p in corpus) == 0
+    testbed = _testbed_cfg()["model"]["build"]
+    assert {k: v for k, v in build.items() if k != "task"} == {k: v for k, v in testbed.items() if k != "task"}
