@@ -179,12 +179,13 @@ def main() -> None:
 
 
 def _phases(url: str, out: Path) -> None:
-    """The same report in-process, each phase timed on its own (imports excluded; figures in one process,
-    where the command overlaps them with the database work in two)."""
+    """The same report in-process, each phase timed on its own (imports excluded; one after another, where the
+    command draws the figures that need no samples while the database groups them)."""
     import matplotlib
 
     from ablate import report
     from ablate.query import reader
+    from ablate.report import analysis, figures, html
 
     matplotlib.use("Agg")
     import seaborn  # noqa: F401  (imported by the command too; excluded here)
@@ -202,15 +203,12 @@ def _phases(url: str, out: Path) -> None:
     lap("samples GROUP BY")
     a = report.analyse(data, sel)
     lap("aggregation")
-    shown, base_ids = report.browser_cells(a, data.trained)
+    shown, base_ids = analysis.browser_cells(a, data.trained)
     examples = report.load_examples(eng, [*shown.trained_eval, *base_ids.values()])
     lap("example completions")
-    painter = report.Painter(out, "phases")
-    painter.fork = False
-    painter.start(a, [name for name, *_ in report.FIGURES])
-    figs = painter.finish()
+    figs = figures.draw(a, out, "phases", figures.FIGURES)
     lap("figures")
-    report.render(a, figs, report._browser(a, examples, shown, base_ids), 0, url)
+    html.render(a, list(figs.values()), examples, shown, base_ids, url)
     lap("HTML")
     print("in-process: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 

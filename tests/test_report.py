@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ablate import record, report
+from ablate import metrics, record, report
 from ablate.query import reader
 
 SCRIPT = "<script>alert(1)</script>"
 ERROR = "ValueError: <script>boom</script> in cell\nTraceback (most recent call last):\n  secret frame"
 MARKERS = {"eval": {"markers": {"words": ["wait", "check"], "mode": "substring"}}}
+CONTENT, UNIQUE = {"low": "answer", "high": "solution"}, {"seen_8x8": 8, "seen_64": 64}  # the levels' order
 
 
 def _samples(spec: dict) -> list[dict]:
@@ -62,7 +63,8 @@ def fill(url: str, sweep: str = "sw", acc_shift: int = 0) -> None:
     cells = [("high", "seen_64", 0, HIGH[0]), ("high", "seen_64", 1, HIGH[1]), ("low", "seen_64", 0, BASE),
              ("low", "seen_8x8", 0, BASE)]
     for richness, coverage, seed, spec in cells:
-        config = {**MARKERS, "seed": seed, "richness": {"name": richness}, "coverage": {"name": coverage},
+        config = {**MARKERS, "seed": seed, "richness": {"name": richness, "content": CONTENT[richness]},
+                  "coverage": {"name": coverage, "unique": UNIQUE[coverage]},
                   "note": SCRIPT if seed == 1 else "plain", "db": {"url": "postgresql://user:hunter2@host/db"}}
         run = record.start_run(eng, sweep=sweep, config=config, seed=seed,
                                axes={"richness": richness, "coverage": coverage, "model": "tiny", "objective": "sdpo"})
@@ -191,7 +193,7 @@ def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
     fill(url, "A")
     fill(url, "B", acc_shift=1)  # in sweep B every high sample is correct
     out = str(tmp_path / "out")
-    monkeypatch.setattr(report, "FIGURE_PANELS", 1)  # two panels (one per sweep): the figures show one
+    monkeypatch.setattr(report.figures, "FIGURE_PANELS", 1)  # two panels (one per sweep): the figures show one
     assert report.main(["--db", url, "--out", out, "--compare", "A", "B"]) == 0
     html = Path(capsys.readouterr().out.strip()).read_text()
     assert "Comparison: B − A" in html and "<h3>A · tiny · sdpo</h3>" in html and "<h3>B · tiny · sdpo</h3>" in html
@@ -212,6 +214,31 @@ def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_metric_added_to_the_registry_gets_its_table(tmp_path, monkeypatch):
+    """A metric stored only as a per-evaluation aggregate (no column of samples) is reported per cell: mean over
+    runs ± se over runs, and its change from the starting model."""
+    long_share = metrics.Metric("long_share", "share over 5 tokens", 3, None, "length",
+                                score=lambda s: float(s["length"] > 5))
+    monkeypatch.setattr(metrics, "METRICS", [*metrics.METRICS, long_share])
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    record.upgrade(url)
+    eng = record.engine(url)
+    samples = _samples({"in_domain": {"p1": [(1, 4, 0), (0, 8, 0)]}})  # long share .5
+    base = record.save_evaluation(eng, stage="base", key="tiny", samples=samples, settings={}, seconds=0.0,
+                                  metrics=metrics.aggregate(samples, "in_domain"))
+    for seed, lengths in enumerate([(6, 7), (2, 9)]):  # long shares 1 and .5: .75 ± .25, change .25 ± .25
+        samples = _samples({"in_domain": {"p1": [(1, n, 0) for n in lengths]}})
+        run = record.start_run(eng, sweep="sw", config={"seed": seed}, seed=seed,
+                               axes={"richness": "high", "coverage": "seen_64", "model": "tiny", "objective": "sdpo"})
+        record.finish_run(eng, run, base_evaluation_id=base, train_steps=[],
+                          trained={"samples": samples, "settings": {}, "seconds": 0.0,
+                                   "metrics": metrics.aggregate(samples, "in_domain")})
+    html = report.build(reader(url), tmp_path / "out", report.Selection(), url).read_text()
+    table = html.split("<h4>share over 5 tokens, all eval sets</h4>")[1].split("</table>")[0]
+    assert "0.750 ± 0.250" in table and "Δ +0.250 ± 0.250" in table and "n=2 · 2 seeds" in table
+    assert "starting model: 0.500 (n=1)" in html
 
 
 def test_highlight_escapes_and_marks():

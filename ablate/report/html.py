@@ -1,0 +1,213 @@
+"""The page: plain data rendered by templates/report.html.j2 with autoescaping on. Escaping lives there, and in
+the `highlight` filter, which builds its Markup from escaped pieces only."""
+
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup, escape
+
+from ablate import __version__
+from ablate.record import AXES
+from ablate.report import figures
+from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, first_line, marker_lexicon, order, reported, settings
+
+MAX_CHARS, MAX_LISTED, SHOWN_PER_EVALUATION = 4000, 200, 4
+
+
+def highlight(text, words, mode: str = "substring") -> Markup:
+    """`text` escaped, with each marker word wrapped in <mark> (substring or whole-word, case-insensitive)."""
+    words = [w for w in words if w]
+    if not words:
+        return escape(text)
+    alts = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    parts = re.split(rf"\b({alts})\b" if mode == "word" else f"({alts})", str(text), flags=re.IGNORECASE)
+    # a split on a group alternates text and matches: the odd pieces are marker words
+    return Markup("").join(Markup("<mark>%s</mark>") % p if i % 2 else escape(p) for i, p in enumerate(parts))
+
+
+def num(v, digits: int, sign: bool = False) -> str:
+    if v is None or pd.isna(v):
+        return "–"
+    v = round(float(v), digits) + 0.0  # no "-0.0"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def pm(mean, se, digits: int, sign: bool = False) -> str:
+    return num(mean, digits, sign) + ("" if se is None or pd.isna(se) else f" ± {se:.{digits}f}")
+
+
+def trend(mean, digits: int, better: bool | None) -> str:
+    """A change's CSS class: whether it goes the metric's better way, as shown (none for descriptive metrics)."""
+    shown = round(mean, digits) if pd.notna(mean) else 0
+    return "" if better is None or shown == 0 else "better" if (shown > 0) == better else "worse"
+
+
+ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                  undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+ENV.filters.update(highlight=highlight, num=num, pm=pm, trend=trend)
+
+
+def _label(row, keys) -> str:
+    return " · ".join(str(row[k]) for k in keys)
+
+
+def _index(stats: pd.DataFrame, keys: list[str]) -> dict:
+    """{(*keys, scope, metric, stage): {mean, se, n, runs}} for fast lookups while rendering."""
+    cols, values = [*keys, "scope", "metric", "stage"], ["mean", "se", "n", "runs"]
+    return {r[:len(cols)]: dict(zip(values, r[len(cols):]))
+            for r in stats[[*cols, *values]].itertuples(index=False, name=None)}
+
+
+def _specs(a: Analysis) -> list[tuple]:
+    """(scope, metric, title) of each table: every reported metric; one with a better direction (a goal, such as
+    accuracy) in-domain and out-of-domain apart, a descriptive one (length, markers) over all eval sets."""
+    ood = [s for s in a.eval_sets if s != IN_DOMAIN]
+    specs = []
+    for m in reported():
+        if m.higher_is_better is None:
+            specs.append((ALL, m, f"{m.label}, all eval sets"))
+            continue
+        specs += [(IN_DOMAIN, m, f"{m.label}, in-domain"), *((s, m, f"{m.label}, out-of-domain: {s}") for s in ood)]
+        specs += [(OOD, m, f"{m.label}, out-of-domain: mean of {len(ood)} sets")] if len(ood) > 1 else []
+    return specs
+
+
+def _panels(a: Analysis) -> list[dict]:
+    """Per model x objective: a richness x coverage table per metric and scope, and the marker words."""
+    keys = [*a.panel_keys, "richness", "coverage"]
+    cells, base = _index(a.cells, keys), _index(a.base, a.panel_keys)
+    states = {k: Counter(v.status) for k, v in a.grid.groupby(keys)}
+    panels = []
+    for _, p in a.picked[a.panel_keys].drop_duplicates().sort_values(a.panel_keys).iterrows():
+        panel = tuple(p)
+        g = a.grid[a.grid.sweep == panel[0]] if a.sel.split else a.grid
+        coverage, tables = order(a.levels, "coverage", g.coverage), []
+        for scope, m, title in _specs(a):
+            rows = []
+            for r in order(a.levels, "richness", g.richness):
+                row = []
+                for c in coverage:
+                    st = states.get((*panel, r, c), Counter({"not run": 1}))
+                    row.append({"note": ", ".join(f"{n} {s}" for s, n in sorted(st.items()) if s != "completed"),
+                                "failed": bool(st["failed"] or st["interrupted"]),
+                                **{stage: cells.get((*panel, r, c, scope, m.name, stage)) for stage in ("trained", "delta")}})
+                rows.append({"richness": r, "cells": row})
+            tables.append({"title": title, "digits": m.digits, "better": m.higher_is_better, "coverage": coverage,
+                           "rows": rows, "base": base.get((*panel, scope, m.name, "base"))})
+        panels.append({"title": _label(p, a.panel_keys), "tables": tables, "words": _words(a, p.to_dict())})
+    return panels
+
+
+def _words(a: Analysis, panel: dict) -> dict | None:
+    w = a.words.merge(pd.DataFrame([panel]), on=list(panel))
+    if w.empty:
+        return None
+    table = w.pivot_table(index="word", columns="richness", values="value", aggfunc="mean")
+    runs = w.groupby("richness").runs.max()
+    levels = order(a.levels, "richness", [c for c in table.columns if c != "base"])
+    table = table.sort_values("base", ascending=False) if "base" in table else table
+    rows = []
+    for word, r in table.iterrows():
+        base = r.get("base", np.nan)
+        cells = [{"value": r.get(lv, np.nan), "gone": base > 0 and r.get(lv) == 0,
+                  "change": "" if pd.isna(base) or pd.isna(r.get(lv, np.nan)) or base == 0
+                  else f" ({(r[lv] - base) / base:+.0%})"} for lv in levels]
+        rows.append({"word": word, "base": base, "cells": cells})
+    plural = lambda n, what: f"{int(n)} {what}{'s' if n != 1 else ''}"
+    return {"head": ["word", f"starting model ({plural(runs.get('base', 0), 'evaluation')})",
+                     *(f"{lv} ({plural(runs[lv], 'run')})" for lv in levels)], "rows": rows}
+
+
+def _compared(a: Analysis) -> list[dict]:
+    """Per model x objective and table: richness x coverage of sweep B - sweep A."""
+    if a.compared is None or a.compared.empty:
+        return []
+    c = a.compared
+    richness, coverage = order(a.levels, "richness", c.richness), order(a.levels, "coverage", c.coverage)
+    out = []
+    for (model, objective), g in c.groupby(["model", "objective"]):
+        d = {(r.richness, r.coverage, r.scope, r.metric): {"mean": r.mean, "se": r.se} for r in g.itertuples()}
+        present = {k[2:] for k in d}
+        tables = [{"title": title, "digits": m.digits, "better": m.higher_is_better, "coverage": coverage,
+                   "rows": [{"richness": r, "cells": [d.get((r, cv, scope, m.name)) for cv in coverage]}
+                            for r in richness]}
+                  for scope, m, title in _specs(a) if (scope, m.name) in present]
+        out.append({"title": f"{model} · {objective}", "tables": tables})
+    return out
+
+
+def _header(a: Analysis) -> dict:
+    runs, grid = a.runs, a.grid
+    cols = [*a.sel.split, *AXES, "seed"]
+    states = Counter(grid.status)
+    missing = grid[grid.status != "completed"]
+    failed = grid[grid.status.isin(["failed", "interrupted"])].merge(runs[["run_id", "started_at"]], on="run_id")
+    commits = Counter(str(c)[:10] for c in runs.git_commit.fillna("unknown"))
+    varying, fixed = settings(runs)
+    when = lambda t: f"{t:%Y-%m-%d %H:%M}"
+    return {
+        "cols": cols, "cells": len(grid), "missing": len(missing), "completed": states["completed"],
+        "failed": states["failed"], "interrupted": states["interrupted"], "running": states["running"],
+        "not_run": states["not run"],
+        "sweeps": [[s, len(g), when(g.started_at.min()), when(g.started_at.max())] for s, g in runs.groupby("sweep")],
+        "axes": [[axis, ", ".join(f"{v} ({(a.picked[axis] == v).sum()})" for v in order(a.levels, axis, runs[axis]))]
+                 for axis in (*AXES, "seed")],
+        "missing_rows": [[*(r[c] for c in cols), r.status] for _, r in missing.head(MAX_LISTED).iterrows()],
+        "missing_more": max(0, len(missing) - MAX_LISTED),
+        "failed_rows": [[int(r.run_id), *(r[c] for c in cols), r.status, when(r.started_at), first_line(r.error)]
+                        for _, r in failed.iterrows()],
+        "earlier_failed": max(int(runs.status.isin(["failed", "interrupted"]).sum()) - len(failed), 0),
+        "dupes": max(int((runs.status == "completed").sum()) - len(a.picked), 0),
+        "commits": ", ".join(f"{c} ({n})" for c, n in commits.most_common()),
+        "dirty": int(runs.git_dirty.fillna(False).astype(bool).sum()),
+        "varying": [[k, "; ".join(f"{v} ({n})" for v, n in vs[:12]) + (f"; … {len(vs) - 12} more" if len(vs) > 12
+                                                                       else "")] for k, vs in varying[:60]],
+        "fixed": [[k, v if len(v) < 300 else v[:300] + " …"] for k, v in fixed],
+    }
+
+
+def _browser(a: Analysis, examples: pd.DataFrame, shown: pd.DataFrame, base_ids: dict) -> list[dict]:
+    """Per panel: the starting model's examples, then a few generations of each cell's first seed."""
+    by_eval: dict = {}
+    for e in examples.itertuples(index=False):  # in-domain first, then one per out-of-domain set
+        mine = by_eval.setdefault(e.evaluation_id, [])
+        if e.eval_set == IN_DOMAIN or all(x.eval_set != e.eval_set for x in mine):
+            mine.append(e)
+
+    def block(eval_id, cfg):
+        words, mode = marker_lexicon(cfg)
+        chosen = sorted(by_eval.get(eval_id, []), key=lambda e: e.eval_set != IN_DOMAIN)[:SHOWN_PER_EVALUATION]
+        return [{"meta": f"{e.eval_set} · problem {e.problem_id} · sample {e.sample_idx} · "
+                         f"{'correct' if e.correct else 'wrong'} · {e.length} tokens · markers: {e.markers} · "
+                         f"gold answer: {e.answer}", "ok": bool(e.correct), "words": words, "mode": mode,
+                 "text": str(e.completion)[:MAX_CHARS],
+                 "cut": f"… ({len(str(e.completion)) - MAX_CHARS} more characters)"
+                 if len(str(e.completion)) > MAX_CHARS else ""} for e in chosen]
+    panels = []
+    for key, group in shown.groupby(a.panel_keys, sort=False):
+        first = group.iloc[0]
+        cells = [{"title": f"richness={r.richness} · coverage={r.coverage} · run {int(r.run_id)} · seed {r.seed}",
+                  "items": block(r.trained_eval, r.config)} for _, r in group.iterrows()]
+        base_id = base_ids.get(key if isinstance(key, tuple) else (key,))
+        panels.append({"title": _label(first, a.panel_keys), "cells": cells,
+                       "base": block(base_id, first.config) if base_id is not None else []})
+    return panels
+
+
+def render(a: Analysis, figs: list[dict], examples: pd.DataFrame, shown: pd.DataFrame, base_ids: dict,
+           db_label: str) -> str:
+    browser = _browser(a, examples, shown, base_ids)
+    cells = len(a.picked.drop_duplicates([*a.panel_keys, "richness", "coverage"]))
+    return ENV.get_template("report.html.j2").render(
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__, db=db_label,
+        selection=a.sel.describe(), total_runs=a.total_runs, h=_header(a) if len(a.runs) else None,
+        directions=a.directions.to_dict("records"), figures=figs, figure_panels=figures.FIGURE_PANELS,
+        n_panels=len(a.picked[a.panel_keys].drop_duplicates()), panels=_panels(a), compared=_compared(a),
+        compare_a=a.sel.compare[0] if a.sel.compare else "", compare_b=a.sel.compare[1] if a.sel.compare else "",
+        browser=browser, browser_shown=sum(len(p["cells"]) for p in browser),
+        browser_more=max(0, cells - len(shown)))
