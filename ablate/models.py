@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import string
 import subprocess
@@ -33,6 +34,16 @@ THINK = ["<think>", "</think>"]  # added but not special, so decoding with skip_
 
 
 BUILD_LOG = "build_log.json"
+RECIPE = "recipe.json"
+
+
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -50,7 +61,19 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
+# Built models shipped with ablate (artifacts/models/NAME-KEY, each with the recipe that made it): a cell uses the
+# shipped weights instead of building, so every machine starts from the same base model (docs/testbed.md).
+_SOURCE_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "models"
+ARTIFACTS = _SOURCE_ARTIFACTS if _SOURCE_ARTIFACTS.is_dir() else Path(__file__).resolve().parent / "artifacts" / "models"
+
+
 def _tiny_key(cfg: dict, exclude: frozenset[str]) -> str:
+    """The build's cache key: its recipe and the evaluation prompts it actually had to leave out of the corpus
+    (none for the testbed world, whose corpus and evaluation come from disjoint splits), so that changing the
+    evaluation suites does not rebuild a model whose corpus stays the same."""
+    if cfg.get("warmup_steps", 0) > 0 and exclude:
+        exclude = frozenset(p.prompt for spec_i, spec in enumerate(cfg["task"])
+                            for p in data.load(spec, f"model.build.task[{spec_i}]", f"warmup{spec_i}")) & exclude
     blob = json.dumps({"build": cfg, "exclude": sorted(exclude)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -67,6 +90,21 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
     folder = Path(cache_dir).expanduser() / "models" / f"{name}-{key}"
     if (folder / "config.json").exists():
         return folder
+    shipped = ARTIFACTS / folder.name
+    if (shipped / "config.json").exists():  # the same recipe, built once and shipped: copy, never rebuild
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+        tmp.rename(folder) if not folder.exists() else shutil.rmtree(tmp)
+        return folder
+    threads = torch.get_num_threads()
+    torch.set_num_threads(build.get("threads") or threads)  # a fixed thread count: the same floats on every run
+    try:
+        return _build(build, folder, exclude, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(build: dict, folder: Path, exclude: frozenset[str], name: str) -> Path:
     torch.manual_seed(build["seed"])
     tokenizer = char_tokenizer()
     config = Qwen3Config(
@@ -77,13 +115,17 @@ def build_tiny(build: dict, cache_dir: str, exclude: frozenset[str] = frozenset(
         tie_word_embeddings=True,
     )
     model = Qwen3ForCausalLM(config)
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if build["warmup_steps"] > 0:
         model, history = _warm_start(tmp, tokenizer, build, exclude)
         model.save_pretrained(tmp)
         (tmp / BUILD_LOG).write_text(json.dumps(history))  # the warm-start's loss curve, recorded by `ablate build`
+    # the recipe beside the weights: what a shipped artifact was made from, and on what
+    (tmp / RECIPE).write_text(json.dumps({"name": name, "key": folder.name.rsplit("-", 1)[-1], "build": build,
+                                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                          "cpu": _cpu()}, indent=1, sort_keys=True))
     tmp.rename(folder)  # atomic: a half-built model is never picked up
     log.info("built %s model (%d params) in %s", name, sum(p.numel() for p in model.parameters()), folder)
     return folder
@@ -169,13 +211,21 @@ def package_file(spec: dict, cache_dir: str) -> Path:
     return cached
 
 
+def check_gguf(file: Path) -> None:
+    """One line for a file that is not a GGUF model: transformers' reader fails on it with a struct error."""
+    with open(file, "rb") as fh:
+        header = fh.read(24)  # magic, version, tensor count, metadata count
+    if header[:4] != b"GGUF":
+        raise ValueError(f"model.path={file}: not a GGUF file (no GGUF header); point it at a .gguf file or a "
+                         "Hugging Face model folder")
+    if len(header) < 24:
+        raise ValueError(f"model.path={file}: not a GGUF file (truncated: {len(header)} bytes); download it again")
+
+
 def convert_gguf(file: Path, cache_dir: str) -> Path:
     """A GGUF file as a plain float32 Hugging Face folder, converted once and cached by the file's hash:
     later cells load it in seconds, and TRL's teachers can reload it from the folder."""
-    with open(file, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise ValueError(f"model.path={file}: not a GGUF file (no GGUF header); point it at a .gguf file or a "
-                             "Hugging Face model folder")
+    check_gguf(file)
     digest = hashlib.sha256()
     with open(file, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 24), b""):
