@@ -5,7 +5,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ablate import check_stop
+from ablate import check_stop, ranks
 from ablate.metrics import aggregate
 from ablate.problem import Problem
 from ablate.grading import exact_match, is_correct
@@ -46,17 +46,23 @@ def score(completion: str, length: int, problem: Problem, words, mode: str) -> d
 
 def evaluate(model, tokenizer, suites: dict[str, list[Problem]], ev: dict, chat_template_kwargs: dict | None,
              stage: str) -> dict:
-    """Sample k responses per problem on every eval set; return samples, metrics and timing."""
+    """Sample k responses per problem on every eval set; return samples, metrics and timing.
+
+    On several processes (ablate/launch.py) every rank samples and scores its block of the (problem, sample)
+    jobs with seed eval.seed + rank, and every rank gets all samples back in the one-process order: each sample
+    once. The streams differ from one process's, so launch.processes is part of a cell's config hash."""
     start = time.perf_counter()
-    torch.manual_seed(ev["seed"])
+    rank, _ = ranks.rank_world()
+    torch.manual_seed(ev["seed"] + rank)
     samples, metrics = [], []
     for name, problems in suites.items():
-        jobs = [(p, i) for p in problems for i in range(ev["k"])]
+        jobs, real = ranks.shard([(p, i) for p in problems for i in range(ev["k"])])
         results = generate(model, tokenizer, [p.messages() for p, _ in jobs], temperature=ev["temperature"],
                            top_p=ev["top_p"], max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                            chat_template_kwargs=chat_template_kwargs, desc=f"eval {stage} {name}")
         rows = [{"eval_set": name, "sample_idx": i, **score(text, n, p, ev["markers"]["words"], ev["markers"]["mode"])}
-                for (p, i), (text, n) in zip(jobs, results, strict=True)]
+                for (p, i), (text, n) in zip(jobs[:real], results[:real], strict=True)]
+        rows = ranks.all_gather(rows)
         samples += rows
         metrics += aggregate(rows, name)
     return {"samples": samples, "metrics": metrics, "seconds": time.perf_counter() - start}
