@@ -1,10 +1,16 @@
 """One grid cell: data -> teacher context -> base evaluation -> training -> evaluation -> database -> summary."""
 
 import hashlib
+import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,13 +45,18 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     resolved.pop("probe", None)  # the hint probe's settings: no part of a cell (nor of its config hash)
     if resolved["objective"]["context_source"] is None:
         resolved["richness"] = dict(NO_RICHNESS)
-    return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
+    if _processes(resolved) == 1:
+        return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
+    names = _importable(reward_funcs)  # before anything is written: a lambda cannot reach the other processes
+    return execute(resolved, sweep, lambda eng, run_id: _spawn(resolved, eng, run_id, output_dir, names))
 
 
 def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
     """Skip, start, run `body(engine, run_id)` and record a run of `resolved` (a cell, a build or the hint probe:
     `kind`); an axis that does not apply to the kind has name "-"."""
     check_stop()  # a stopped sweep starts no new cell
+    if kind != "cell":
+        resolved.pop("launch", None)  # builds and probes run in one process: no part of their config hash
     db = resolved["db"]
     eng = record.engine(db["url"])
     if record.revision(eng) != record.HEAD:
@@ -74,6 +85,146 @@ def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
         return "failed"
 
 
+# conf/accelerate/NAME.yaml: accelerate's own config files (FSDP, DeepSpeed ZeRO-3) for launch.accelerate_config=NAME.
+_SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
+ACCELERATE_CONFIGS = (_SOURCE_CONF if (_SOURCE_CONF / "config.yaml").is_file() else Path(__file__).parent / "conf") / "accelerate"
+# How long the ranks get to stop after SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 30
+
+
+class RankFailed(RuntimeError):
+    """A rank of a cell on several processes failed: the message names the rank and its error."""
+
+
+def _processes(resolved: dict) -> int:
+    """launch.processes, checked; the `launch` block stays in the config (and its hash) only above 1 process,
+    where it changes results (evaluation seeds per rank, a batch per rank): a 1-process cell hashes as before."""
+    if "accelerate" in resolved:  # conf/accelerate holds accelerate's files, which Hydra also sees as a group
+        raise validate.ConfigError("accelerate=...: conf/accelerate holds accelerate's config files, no part of a "
+                                   "cell; choose one with launch.accelerate_config=NAME")
+    launch = resolved.pop("launch", None) or {}
+    n = launch.get("processes", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise validate.ConfigError(f"launch.processes={n!r}: need a whole number >= 1; e.g. launch.processes=2")
+    name = launch.get("accelerate_config")
+    if n > 1 and name is not None and not _accelerate_file(name).is_file():
+        choices = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+        raise validate.ConfigError(f"launch.accelerate_config={name}: no such file; choose {choices}, a path to an "
+                                   "accelerate config file, or null (DDP)")
+    if n > 1:
+        resolved["launch"] = {"processes": n, "accelerate_config": name}
+    return n
+
+
+def _accelerate_file(name: str) -> Path:
+    path = Path(name).expanduser()
+    return path if path.suffix in (".yaml", ".yml") else ACCELERATE_CONFIGS / f"{name}.yaml"
+
+
+def _importable(funcs) -> list[str] | None:
+    """module:name of each reward function, for the other processes to import (they cannot receive a closure)."""
+    if funcs is None:
+        return None
+    names = []
+    for f in funcs:
+        module, name = getattr(f, "__module__", None), getattr(f, "__qualname__", "")
+        if not module or module == "__main__" or "<" in name or "." in name:
+            raise validate.ConfigError(f"reward function {name or f!r}: with launch.processes > 1 every rank imports "
+                                       "it, so it must be a module-level function of an importable module")
+        names.append(f"{module}:{name}")
+    return names
+
+
+def _command(launch: dict, spec: Path) -> list[str]:
+    """torchrun for DDP (gloo on CPU, NCCL on GPUs); accelerate launch with the config file on GPUs for FSDP and
+    ZeRO-3. Never `accelerate launch --cpu --num_processes N`: it starts one process (docs/cluster.md)."""
+    import torch
+
+    n, name = str(launch["processes"]), launch["accelerate_config"]
+    worker = ["-m", "ablate.launch", str(spec)]
+    if name is None:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", n,
+                "--max_restarts", "0", *worker]
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"launch.accelerate_config={name} shards the model over GPUs and this machine has none; "
+                           "set launch.accelerate_config=null to run DDP on CPU")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_accelerate_file(name)),
+            "--num_processes", n, "--num_machines", "1", "--main_process_port", "0", *worker]
+
+
+def _spawn(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs: list[str] | None) -> None:
+    """The cell's body on launch.processes processes (ablate/launch.py on every rank; rank 0 records the run).
+    A failing rank makes the launcher stop the others: the cell fails with that rank's error. SIGTERM or Ctrl-C
+    here stops them all and the cell is recorded interrupted."""
+    _, suites = problems(cfg)
+    model_path(cfg, suites)  # build or convert the model here, once, before the ranks load it from the cache
+    with tempfile.TemporaryDirectory(prefix="ablate-ranks-") as tmp:
+        spec = Path(tmp) / "cell.json"
+        spec.write_text(json.dumps({"config": cfg, "run_id": run_id, "output_dir": output_dir,
+                                    "reward_funcs": reward_funcs, "warnings": _warning_filters(), "errors": tmp},
+                                   default=str))
+        roots = [_module_root(name.split(":")[0]) for name in reward_funcs or []]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*roots, os.environ.get("PYTHONPATH")]))}
+        print(f"ablate: run {run_id} on {cfg['launch']['processes']} processes: {' '.join(_command(cfg['launch'], spec))}")
+        proc = subprocess.Popen(_command(cfg["launch"], spec), env=env, start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:  # KeyboardInterrupt from SIGTERM/SIGINT (see __main__): stop every rank first
+            _stop_group(proc)
+            raise
+        if code != 0:
+            raise RankFailed(_rank_error(Path(tmp), code, cfg["launch"]["processes"]))
+    from sqlalchemy.orm import Session
+
+    with Session(eng) as s:
+        status = s.get(record.Run, run_id).status
+    if status != "completed":
+        raise RankFailed(f"the ranks exited cleanly but run {run_id} is {status}: rank 0 did not record it")
+
+
+def _warning_filters() -> list[list]:
+    """This process's warning filters (ablate's quiet mode or -v), for the ranks to show the same warnings."""
+    return [[action, getattr(message, "pattern", message or ""), f"{category.__module__}:{category.__qualname__}",
+             getattr(module, "pattern", module or ""), lineno]
+            for action, message, category, module, lineno in warnings.filters]
+
+
+def _module_root(module: str) -> str | None:
+    """The folder to put on the path so that `module` imports in another process."""
+    found = importlib.util.find_spec(module)
+    if not found or not found.origin:
+        return None
+    path = Path(found.origin).parent
+    for _ in range(module.count(".") + (found.origin.endswith("__init__.py"))):
+        path = path.parent
+    return str(path)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the launcher's process group (the launcher forwards it to its ranks), SIGKILL after the grace."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _rank_error(folder: Path, code: int, n: int) -> str:
+    """The first error a rank reported (the others fail after it, when the launcher stops them), with its
+    traceback; or what the launcher's exit code says when no rank could report (killed, out of memory)."""
+    reports = sorted((json.loads(f.read_text()) for f in folder.glob("rank*.json")), key=lambda r: r["time"])
+    if not reports:
+        return (f"the launcher exited with code {code} and no rank of {n} reported an error (killed by a signal, "
+                "or out of memory?); see the cell's log")
+    first = reports[0]
+    return f"rank {first['rank']} of {n}: {first['error']}\n{first['traceback']}"
+
+
 def problems(cfg: dict):
     """(training pool, eval suites by name): the in-domain held-out split plus eval.suites."""
     from ablate import data
@@ -90,29 +241,45 @@ def problems(cfg: dict):
     return pool, suites
 
 
-def starting_model(cfg: dict, eng, suites: dict):
-    """(model path, tokenizer, base evaluation id): builds or converts the model if needed (never on the
-    evaluation problems), and evaluates it once per model + eval settings (later cells reuse it)."""
-    from ablate import evaluate, models
+def model_path(cfg: dict, suites: dict):
+    """The starting model's folder (or hub id): built or converted once into the cache, never on the evaluation
+    problems."""
+    from ablate import models
 
     eval_prompts = frozenset(p.prompt for problems in suites.values() for p in problems)
-    model_path = models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)
-    model, tokenizer = models.load(model_path, cfg["model"]["dtype"])
-    key = _base_key(cfg, model_path)
-    base_id = record.find_base_evaluation(eng, key)
+    return models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)
+
+
+def starting_model(cfg: dict, eng, suites: dict):
+    """(model path, tokenizer, base evaluation id): builds or converts the model if needed (never on the
+    evaluation problems), and evaluates it once per model + eval settings (later cells reuse it).
+
+    On several processes every rank loads the model (the launching process built it) and takes its share of
+    the base evaluation; rank 0 alone reads and writes the database (`eng` is None on the others), and its
+    answer to "is the base evaluation stored?" is every rank's. Other ranks return base id None."""
+    from ablate import evaluate, models, ranks
+
+    path = model_path(cfg, suites)
+    model, tokenizer = models.load(path, cfg["model"]["dtype"])
+    key = _base_key(cfg, path)
+    base_id = ranks.from_main(record.find_base_evaluation(eng, key) if ranks.is_main() else None)
     if base_id is None:
-        base = evaluate.evaluate(model, tokenizer, suites, cfg["eval"], cfg["model"].get("chat_template_kwargs") or {},
-                                 "base")
-        base_id = record.save_evaluation(eng, stage="base", key=key, samples=base["samples"], metrics=base["metrics"],
-                                         settings={"eval": cfg["eval"], "model": cfg["model"]}, seconds=base["seconds"])
-    return model_path, tokenizer, base_id
+        base = evaluate.evaluate(ranks.place(model), tokenizer, suites, cfg["eval"],
+                                 cfg["model"].get("chat_template_kwargs") or {}, "base")
+        if ranks.is_main():
+            base_id = record.save_evaluation(eng, stage="base", key=key, samples=base["samples"],
+                                             metrics=base["metrics"], settings={"eval": cfg["eval"], "model": cfg["model"]},
+                                             seconds=base["seconds"])
+    return path, tokenizer, base_id
 
 
 def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> None:
+    """The cell's body, in its own process or on every rank of several (ablate/launch.py; then `eng` is None
+    except on rank 0, which alone writes)."""
     import torch
     from transformers import set_seed
 
-    from ablate import data, evaluate, train
+    from ablate import data, evaluate, ranks, train
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -127,13 +294,18 @@ def _run(cfg: dict, eng, run_id: int, output_dir: str | None, reward_funcs) -> N
     set_seed(cfg["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         trained, steps = train.train(cfg, model_path, tokenizer, train_problems, output_dir or tmp, reward_funcs)
+    digest = ranks.check_replicas(trained)  # several processes with DDP: every rank holds the same weights
+    if digest:
+        rank, world = ranks.rank_world()
+        print(f"ablate: rank {rank} of {world}: trained weights sha256 {digest}")
     # 4. evaluation of the trained model, then one write of everything
     result = evaluate.evaluate(trained, tokenizer, suites, cfg["eval"], cfg["model"].get("chat_template_kwargs") or {},
                                "trained")
     result["settings"] = {"eval": cfg["eval"]}
     check_stop()  # never record a cell as completed after a stop request
-    record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)
-    print("\n" + summary(eng, run_id))
+    if ranks.is_main():  # rank 0's StepRecorder holds TRL's logged steps (gathered over ranks), once
+        record.finish_run(eng, run_id, base_evaluation_id=base_id, train_steps=steps, trained=result)
+        print("\n" + summary(eng, run_id))
 
 
 def summary(eng, run_id: int) -> str:

@@ -1,7 +1,8 @@
 """The process group of a cell that runs on several processes (launch.processes > 1, ablate/launch.py).
 
 Every helper is a no-op in a single process, where no process group exists: the one-process path never touches
-torch.distributed. Every rank must call a helper that communicates (all of them but `rank_world` and `is_main`).
+torch.distributed. `from_main`, `all_gather` and `check_replicas` communicate: every rank must call them, in the
+same order.
 """
 
 import hashlib

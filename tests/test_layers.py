@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ablate"
 # top to bottom; a module may import its own layer and the layers below it, never one above
 LAYERS = {
-    "entry": ["ablate.__main__", "ablate.report"],
+    "entry": ["ablate.__main__", "ablate.report", "ablate.launch"],  # launch: one rank of a cell on several processes
     "run": ["ablate.cell", "ablate.probe", "ablate.build", "ablate.validate"],
     "train/evaluate": ["ablate.train", "ablate.sft", "ablate.evaluate", "ablate.objectives"],
     "domain": ["ablate.data", "ablate.world", "ablate.models", "ablate.teacher", "ablate.directions"],
