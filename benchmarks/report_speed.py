@@ -181,14 +181,9 @@ def main() -> None:
 def _phases(url: str, out: Path) -> None:
     """The same report in-process, each phase timed on its own (imports excluded; one after another, where the
     command draws the figures that need no samples while the database groups them)."""
-    import matplotlib
-
     from ablate import report
     from ablate.query import reader
     from ablate.report import analysis, figures, html
-
-    matplotlib.use("Agg")
-    import seaborn  # noqa: F401  (imported by the command too; excluded here)
 
     times, t = {}, time.perf_counter()
 
@@ -208,7 +203,7 @@ def _phases(url: str, out: Path) -> None:
     lap("example completions")
     figs = figures.draw(a, out, "phases", figures.FIGURES)
     lap("figures")
-    html.render(a, list(figs.values()), examples, shown, base_ids, url)
+    html.render(a, list(figs.values()), figures.FIGURE_PANELS, examples, shown, base_ids, url)
     lap("HTML")
     print("in-process: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ablate import metrics, record, report
 from ablate.query import reader
+from ablate.report import figures
 
 SCRIPT = "<script>alert(1)</script>"
 ERROR = "ValueError: <script>boom</script> in cell\nTraceback (most recent call last):\n  secret frame"
@@ -193,7 +194,7 @@ def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
     fill(url, "A")
     fill(url, "B", acc_shift=1)  # in sweep B every high sample is correct
     out = str(tmp_path / "out")
-    monkeypatch.setattr(report.figures, "FIGURE_PANELS", 1)  # two panels (one per sweep): the figures show one
+    monkeypatch.setattr(figures, "FIGURE_PANELS", 1)  # two panels (one per sweep): the figures show one
     assert report.main(["--db", url, "--out", out, "--compare", "A", "B"]) == 0
     html = Path(capsys.readouterr().out.strip()).read_text()
     assert "Comparison: B − A" in html and "<h3>A · tiny · sdpo</h3>" in html and "<h3>B · tiny · sdpo</h3>" in html

@@ -24,7 +24,6 @@ from sqlalchemy.exc import ArgumentError
 
 from ablate import record
 from ablate.query import QueryError, reader
-from ablate.report import figures
 from ablate.report.analysis import analyse, analyse_runs, browser_cells, with_samples
 from ablate.report.html import highlight, render
 from ablate.report.load import Selection, load, load_examples, load_units, sweeps
@@ -52,6 +51,8 @@ def build(eng: Engine, out: Path, sel: Selection, db_label: str = "") -> Path:
         if absent:
             raise QueryError(f"--compare: no selected runs in sweep {', '.join(map(repr, absent))}; sweeps: "
                              f"{', '.join(sweeps(eng)) or 'none'}")
+        from ablate.report import figures  # matplotlib's import (~1 s) overlaps the GROUP BY too
+
         out.mkdir(parents=True, exist_ok=True)
         stem, a = _stem(out), analyse_runs(data, sel)
         made = figures.draw(a, out, stem, [p for p in figures.FIGURES if not p.samples])
@@ -63,7 +64,7 @@ def build(eng: Engine, out: Path, sel: Selection, db_label: str = "") -> Path:
     examples = load_examples(eng, ids) if ids else pd.DataFrame(columns=["evaluation_id", "eval_set"])
     figs = [made[p.name] for p in figures.FIGURES if p.name in made]
     path = out / f"{stem}.html"
-    path.write_text(render(a, figs, examples, shown, base_ids, db_label), encoding="utf-8")
+    path.write_text(render(a, figs, figures.FIGURE_PANELS, examples, shown, base_ids, db_label), encoding="utf-8")
     return path
 
 

@@ -93,11 +93,6 @@ def grid(runs: pd.DataFrame, levels_: dict, split=()) -> pd.DataFrame:
     return full.assign(status=full.status.fillna("not run"))
 
 
-def first_line(error) -> str:
-    lines = str(error or "").strip().splitlines()
-    return lines[0] if lines else "(no error recorded)"
-
-
 def _wide(stored: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Stored metrics `names` and n_samples, one column each, per (evaluation_id, eval_set)."""
     return stored[stored.name.isin([*names, "n_samples"])].pivot_table(
@@ -108,7 +103,7 @@ def _wide(stored: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def _with_stored_units(units: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
     """An evaluation stored without samples still counts: its stored means become one unit (no error bar)."""
     units = units.astype({c: float for c in UNIT_VALUES})
-    columns = {m.sample: m.name for m in metrics.METRICS if from_units(m) and m.reduce != "rate"}
+    columns = {m.sample: m.name for m in reported() if from_units(m) and m.reduce != "rate"}  # correct <- accuracy
     wide = _wide(stored, list(columns.values())).dropna(how="all", subset=list(columns.values()))
     wide = wide[~wide.index.isin(pd.MultiIndex.from_frame(units[["evaluation_id", "eval_set"]]))]
     if wide.empty:

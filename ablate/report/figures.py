@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
 from ablate.metrics import by_name
 from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, curves, order
@@ -32,25 +35,20 @@ def _panels(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def _subplots(rows: int, cols: int, width: float, height: float, right: float = 1.5):
     """A grid of axes with fixed margins in inches (room for a legend on the right): constrained or tight
     layout would cost a second or more per figure. A column shares its x axis (tick labels at the bottom)."""
-    import matplotlib.pyplot as plt
-
     w, h = cols * width + right + 0.75, rows * height + 0.35
-    fig, axes = plt.subplots(rows, cols, figsize=(w, h), squeeze=False, sharex="col")
+    fig = Figure(figsize=(w, h))  # not pyplot's: no GUI backend, no global list of open figures
+    axes = fig.subplots(rows, cols, squeeze=False, sharex="col")
     fig.subplots_adjust(left=0.75 / w, right=1 - right / w, bottom=0.6 / h, top=1 - 0.35 / h, wspace=0.3,
                         hspace=0.55 if rows > 1 else 0.2)
     return fig, axes
 
 
 def _palette(levels, name="tab10") -> dict:
-    import seaborn as sns
-
     return dict(zip(levels, sns.color_palette(name, len(levels))))
 
 
 def _scatter(a: Analysis, x: tuple[str, str], y: tuple[str, str], frontier: bool):
     """One point per cell: x and y = (scope, metric) of the trained model, bars ± se; a star per starting model."""
-    import seaborn as sns
-
     keys = [*a.panel_keys, "richness", "coverage"]
     t = a.cells[a.cells.stage == "trained"]
     at = lambda sm: t[(t.scope == sm[0]) & (t.metric == sm[1])].set_index(keys)[["mean", "se"]]
@@ -146,8 +144,6 @@ def fig_richness(a: Analysis):
 
 
 def fig_marker_words(a: Analysis):
-    import seaborn as sns
-
     w = a.words
     if w.empty or not (w.value.fillna(0) > 0).any():
         return None
@@ -201,12 +197,6 @@ FIGURES = [
 
 def draw(a: Analysis, out: Path, stem: str, plots: list[Plot]) -> dict[str, dict]:
     """Draw `plots` that have data, each written as PNG and SVG: {name: the page's entry, PNG inline}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     made = {}
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), \
             matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ablate", "axes.titley": 1.01}):
@@ -217,7 +207,6 @@ def draw(a: Analysis, out: Path, stem: str, plots: list[Plot]) -> dict[str, dict
             png, svg = out / f"{stem}-{p.name}.png", out / f"{stem}-{p.name}.svg"
             fig.savefig(png, dpi=100, pil_kwargs={"compress_level": 3})
             fig.savefig(svg)
-            plt.close(fig)
             made[p.name] = {"name": p.name, "title": p.title, "caption": p.caption, "png": png.name, "svg": svg.name,
                             "data": base64.b64encode(png.read_bytes()).decode("ascii")}
     return made

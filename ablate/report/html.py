@@ -13,8 +13,7 @@ from markupsafe import Markup, escape
 
 from ablate import __version__
 from ablate.record import AXES
-from ablate.report import figures
-from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, first_line, marker_lexicon, order, reported, settings
+from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, marker_lexicon, order, reported, settings
 
 MAX_CHARS, MAX_LISTED, SHOWN_PER_EVALUATION = 4000, 200, 4
 
@@ -52,6 +51,11 @@ ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), 
 ENV.filters.update(highlight=highlight, num=num, pm=pm, trend=trend)
 
 
+def first_line(error) -> str:
+    lines = str(error or "").strip().splitlines()
+    return lines[0] if lines else "(no error recorded)"
+
+
 def _label(row, keys) -> str:
     return " · ".join(str(row[k]) for k in keys)
 
@@ -77,28 +81,33 @@ def _specs(a: Analysis) -> list[tuple]:
     return specs
 
 
+def _grid(m, title: str, richness: list, coverage: list, cells: dict) -> dict:
+    """A richness x coverage table of metric `m`: {(richness, coverage): the cell's data}."""
+    return {"title": title, "digits": m.digits, "better": m.higher_is_better, "coverage": coverage,
+            "rows": [{"richness": r, "cells": [cells.get((r, c)) for c in coverage]} for r in richness]}
+
+
+def _cell(states: dict, stats: dict, key: tuple, scope: str, metric: str) -> dict:
+    """Trained and change from the starting model of the cell `key`, or why there is none."""
+    st = states.get(key, Counter({"not run": 1}))
+    return {"note": ", ".join(f"{n} {s}" for s, n in sorted(st.items()) if s != "completed"),
+            "failed": bool(st["failed"] or st["interrupted"]),
+            **{stage: stats.get((*key, scope, metric, stage)) for stage in ("trained", "delta")}}
+
+
 def _panels(a: Analysis) -> list[dict]:
-    """Per model x objective: a richness x coverage table per metric and scope, and the marker words."""
+    """Per model x objective: a table per metric and scope, and the marker words."""
     keys = [*a.panel_keys, "richness", "coverage"]
-    cells, base = _index(a.cells, keys), _index(a.base, a.panel_keys)
+    stats, base = _index(a.cells, keys), _index(a.base, a.panel_keys)
     states = {k: Counter(v.status) for k, v in a.grid.groupby(keys)}
     panels = []
     for _, p in a.picked[a.panel_keys].drop_duplicates().sort_values(a.panel_keys).iterrows():
         panel = tuple(p)
         g = a.grid[a.grid.sweep == panel[0]] if a.sel.split else a.grid
-        coverage, tables = order(a.levels, "coverage", g.coverage), []
-        for scope, m, title in _specs(a):
-            rows = []
-            for r in order(a.levels, "richness", g.richness):
-                row = []
-                for c in coverage:
-                    st = states.get((*panel, r, c), Counter({"not run": 1}))
-                    row.append({"note": ", ".join(f"{n} {s}" for s, n in sorted(st.items()) if s != "completed"),
-                                "failed": bool(st["failed"] or st["interrupted"]),
-                                **{stage: cells.get((*panel, r, c, scope, m.name, stage)) for stage in ("trained", "delta")}})
-                rows.append({"richness": r, "cells": row})
-            tables.append({"title": title, "digits": m.digits, "better": m.higher_is_better, "coverage": coverage,
-                           "rows": rows, "base": base.get((*panel, scope, m.name, "base"))})
+        richness, coverage = order(a.levels, "richness", g.richness), order(a.levels, "coverage", g.coverage)
+        tables = [{**_grid(m, title, richness, coverage, {(r, c): _cell(states, stats, (*panel, r, c), scope, m.name)
+                                                          for r in richness for c in coverage}),
+                   "base": base.get((*panel, scope, m.name, "base"))} for scope, m, title in _specs(a)]
         panels.append({"title": _label(p, a.panel_keys), "tables": tables, "words": _words(a, p.to_dict())})
     return panels
 
@@ -131,12 +140,9 @@ def _compared(a: Analysis) -> list[dict]:
     richness, coverage = order(a.levels, "richness", c.richness), order(a.levels, "coverage", c.coverage)
     out = []
     for (model, objective), g in c.groupby(["model", "objective"]):
-        d = {(r.richness, r.coverage, r.scope, r.metric): {"mean": r.mean, "se": r.se} for r in g.itertuples()}
-        present = {k[2:] for k in d}
-        tables = [{"title": title, "digits": m.digits, "better": m.higher_is_better, "coverage": coverage,
-                   "rows": [{"richness": r, "cells": [d.get((r, cv, scope, m.name)) for cv in coverage]}
-                            for r in richness]}
-                  for scope, m, title in _specs(a) if (scope, m.name) in present]
+        tables = [_grid(m, title, richness, coverage, {(r.richness, r.coverage): {"mean": r.mean, "se": r.se}
+                                                       for r in d.itertuples()})
+                  for scope, m, title in _specs(a) if len(d := g[(g.scope == scope) & (g.metric == m.name)])]
         out.append({"title": f"{model} · {objective}", "tables": tables})
     return out
 
@@ -199,14 +205,15 @@ def _browser(a: Analysis, examples: pd.DataFrame, shown: pd.DataFrame, base_ids:
     return panels
 
 
-def render(a: Analysis, figs: list[dict], examples: pd.DataFrame, shown: pd.DataFrame, base_ids: dict,
-           db_label: str) -> str:
+def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataFrame, shown: pd.DataFrame,
+           base_ids: dict, db_label: str) -> str:
+    """The page: `figs` drawn (with at most `figure_panels` rows), the examples of the runs `shown`."""
     browser = _browser(a, examples, shown, base_ids)
     cells = len(a.picked.drop_duplicates([*a.panel_keys, "richness", "coverage"]))
     return ENV.get_template("report.html.j2").render(
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__, db=db_label,
         selection=a.sel.describe(), total_runs=a.total_runs, h=_header(a) if len(a.runs) else None,
-        directions=a.directions.to_dict("records"), figures=figs, figure_panels=figures.FIGURE_PANELS,
+        directions=a.directions.to_dict("records"), figures=figs, figure_panels=figure_panels,
         n_panels=len(a.picked[a.panel_keys].drop_duplicates()), panels=_panels(a), compared=_compared(a),
         compare_a=a.sel.compare[0] if a.sel.compare else "", compare_b=a.sel.compare[1] if a.sel.compare else "",
         browser=browser, browser_shown=sum(len(p["cells"]) for p in browser),

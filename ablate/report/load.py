@@ -46,7 +46,7 @@ class Selection:
 class Data:
     runs: pd.DataFrame      # selected runs, every status: axes, status, error, config, base_evaluation_id
     trained: pd.DataFrame   # run_id -> trained_eval
-    metrics: pd.DataFrame   # evaluation_id, eval_set, name, value (marker/<word>, n_samples, registry metrics)
+    metrics: pd.DataFrame   # evaluation_id, eval_set, name, value (marker/<word>, n_samples, reported metrics)
     steps: pd.DataFrame     # run_id, step, name, value (the CURVES)
     total_runs: int         # in the whole database
     units: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=UNIT_COLUMNS))  # from load_units
@@ -77,7 +77,7 @@ def load(eng: Engine, sel: Selection) -> Data:
     """Runs, their trained evaluations, aggregate metrics and training curves: everything but samples."""
     where = _where(sel)
     done = select(RUN.c.id).where(*where, RUN.c.status == "completed")
-    names = ["n_samples", *metrics.names()]  # read when called: a test may add a metric
+    names = ["n_samples", *(m.name for m in metrics.METRICS if m.report)]  # read when called: a test adds one
     with eng.connect() as conn:
         total = conn.execute(select(func.count()).select_from(RUN)).scalar()
         runs = _read(conn, select(RUN.c.id.label("run_id"), RUN.c.sweep, *(RUN.c[a] for a in record.AXES),
