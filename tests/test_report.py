@@ -6,6 +6,7 @@ import io
 import re
 import shutil
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -240,6 +241,15 @@ def test_a_metric_added_to_the_registry_gets_its_table(tmp_path, monkeypatch):
     table = html.split("<h4>share over 5 tokens, all eval sets</h4>")[1].split("</table>")[0]
     assert "0.750 ± 0.250" in table and "Δ +0.250 ± 0.250" in table and "n=2 · 2 seeds" in table
     assert "starting model: 0.500 (n=1)" in html
+
+
+def test_both_commands_exit_alike(tmp_path):
+    """`python -m ablate.report` and `ablate report` run the same main() and exit with its status."""
+    missing = f"sqlite:///{tmp_path / 'missing.sqlite'}"
+    for command in (["-m", "ablate.report"], ["-m", "ablate", "report"]):
+        done = subprocess.run([sys.executable, *command, "--db", missing, "--out", str(tmp_path)], capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 2 and "ablate report: " in done.stderr and "no such database file" in done.stderr
 
 
 def test_highlight_escapes_and_marks():
