@@ -24,11 +24,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 # A source checkout keeps migrations in db/migrations; an installed wheel ships them as ablate/migrations.
 _SOURCE_MIGRATIONS = Path(__file__).resolve().parent.parent / "db" / "migrations"
 MIGRATIONS = _SOURCE_MIGRATIONS if _SOURCE_MIGRATIONS.is_dir() else Path(__file__).resolve().parent / "migrations"
-HEAD = "0004"  # the newest migration; Base.metadata below matches it
+HEAD = "0005"  # the newest migration; Base.metadata below matches it
 # The ablation axes: columns of runs, config groups of a cell, the report's grid. Runs that are no grid cell (a
 # build, a probe) record "-" on the axes that do not apply to them.
 AXES = ("richness", "coverage", "model", "objective")
-KINDS = ("cell", "build", "probe")  # runs.kind
+KINDS = ("cell", "build", "probe", "trial")  # runs.kind; a trial: one run of a hyperparameter search (ablate/search.py)
 DEFAULT_URL = "sqlite:///db/ablate.sqlite"  # conf/db/sqlite.yaml; the query, report and db commands default to it
 
 
@@ -40,13 +40,18 @@ class Base(DeclarativeBase):
     pass
 
 
+def _trial_of(ctx, field: str):
+    """runs.study / runs.trial on insert: the `trial` block that the search sweeper puts in a trial's config."""
+    return ((ctx.get_current_parameters().get("config") or {}).get("trial") or {}).get(field)
+
+
 class Run(Base):
     """One grid cell: its resolved config and where it came from."""
 
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
     sweep: Mapped[str] = mapped_column(String(255), index=True)
-    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="cell")  # cell | build | probe (0004)
+    kind: Mapped[str] = mapped_column(String(16), index=True, server_default="cell")  # cell | build | probe (0004) | trial
     config_hash: Mapped[str] = mapped_column(String(64), index=True)
     config: Mapped[dict] = mapped_column(JSON)
     richness: Mapped[str] = mapped_column(String(64))
@@ -64,6 +69,9 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     base_evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)  # refreshed while running (0002)
+    # A search trial's Optuna study and trial number (0005), from the `trial` block of its config (ablate/search.py).
+    study: Mapped[str | None] = mapped_column(String(255), index=True, default=lambda ctx: _trial_of(ctx, "study"))
+    trial: Mapped[int | None] = mapped_column(Integer, default=lambda ctx: _trial_of(ctx, "number"))
 
 
 class Evaluation(Base):
