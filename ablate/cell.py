@@ -30,7 +30,8 @@ def _one_line(err: BaseException) -> str:
 def _base_key(cfg: dict, model_path) -> str:
     """Base evaluations are shared by every cell with the same model, eval settings and eval problems."""
     blob = {"model": cfg["model"], "model_path": str(model_path), "eval": cfg["eval"],
-            "in_domain": {k: cfg["data"][k] for k in ("source", "heldout", "heldout_seed")}}
+            "in_domain": {k: cfg["data"][k] for k in ("source", "heldout", "heldout_seed")},
+            **({"validation": [cfg["data"]["validation"], cfg["coverage"]["seed"]]} if cfg["data"].get("validation") else {})}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -41,21 +42,28 @@ def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None, re
     process is running; a running row without a recent heartbeat is stale and the cell runs again.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resolved.get("tuned"):  # +tuned=STUDY: this objective's best setting from a search (ablate/search.py)
+        from ablate import search
+        try:
+            search.apply_tuned(resolved)
+        except search.SearchError as err:
+            raise validate.ConfigError(str(err)) from None
     validate.check(resolved)  # a bad value: one line, before anything loads or is written
     resolved.pop("probe", None)  # the hint probe's settings: no part of a cell (nor of its config hash)
     if resolved["objective"]["context_source"] is None:
         resolved["richness"] = dict(NO_RICHNESS)
+    kind = "trial" if resolved.get("trial") else "cell"  # a trial of a search (hydra/sweeper=optuna, ablate/search.py)
     if _processes(resolved) == 1:
-        return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs))
+        return execute(resolved, sweep, lambda eng, run_id: _run(resolved, eng, run_id, output_dir, reward_funcs), kind)
     names = _importable(reward_funcs)  # before anything is written: a lambda cannot reach the other processes
-    return execute(resolved, sweep, lambda eng, run_id: _spawn(resolved, eng, run_id, output_dir, names))
+    return execute(resolved, sweep, lambda eng, run_id: _spawn(resolved, eng, run_id, output_dir, names), kind)
 
 
 def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
     """Skip, start, run `body(engine, run_id)` and record a run of `resolved` (a cell, a build or the hint probe:
     `kind`); an axis that does not apply to the kind has name "-"."""
     check_stop()  # a stopped sweep starts no new cell
-    if kind != "cell":
+    if kind in ("build", "probe"):
         resolved.pop("launch", None)  # builds and probes run in one process: no part of their config hash
     db = resolved["db"]
     eng = record.engine(db["url"])
@@ -80,9 +88,10 @@ def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
         print(f"ablate: run {run_id} interrupted ({label})", file=sys.stderr)
         raise SystemExit(130) from err
     except Exception as err:  # one failing cell must not stop a sweep: record it and move on
-        record.end_run(eng, run_id, "failed", _one_line(err) + "\n" + traceback.format_exc())
-        print(f"ablate: run {run_id} failed: {_one_line(err)}", file=sys.stderr)
-        return "failed"
+        status = getattr(err, "run_status", "failed")  # a search trial its pruner stopped: 'pruned' (ablate/search.py)
+        record.end_run(eng, run_id, status, _one_line(err) + "\n" + traceback.format_exc())
+        print(f"ablate: run {run_id} {status}: {_one_line(err)}", file=sys.stderr)
+        return status
 
 
 # conf/accelerate/NAME.yaml: accelerate's own config files (FSDP, DeepSpeed ZeRO-3) for launch.accelerate_config=NAME.
@@ -236,6 +245,8 @@ def problems(cfg: dict):
     suites = {name: data.load(spec, f"eval.suites.{name}", name) for name, spec in cfg["eval"]["suites"].items()
               if spec is not None}
     suites = {"in_domain": heldout, **suites} if heldout else suites
+    validation = data.split_validation(pool, cfg["data"].get("validation") or 0, cfg["coverage"])
+    suites = {**suites, data.VALIDATION: validation} if validation else suites  # search trials are scored on it
     if not suites:
         raise ValueError("nothing to evaluate: data.heldout=0 and eval.suites is empty; hold out problems or add a suite")
     return pool, suites
@@ -244,9 +255,10 @@ def problems(cfg: dict):
 def model_path(cfg: dict, suites: dict):
     """The starting model's folder (or hub id): built or converted once into the cache, never on the evaluation
     problems."""
-    from ablate import models
+    from ablate import data, models
 
-    eval_prompts = frozenset(p.prompt for problems in suites.values() for p in problems)
+    # validation problems come from the training pool, like the training problems: the model is the grid's
+    eval_prompts = frozenset(p.prompt for name, problems in suites.items() if name != data.VALIDATION for p in problems)
     return models.resolve_path(cfg["model"], cfg["cache_dir"], exclude=eval_prompts)
 
 

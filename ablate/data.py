@@ -294,6 +294,37 @@ def split_heldout(problems: list[Problem], n_heldout: int, seed: int) -> tuple[l
     return [p for p in problems if p.id not in held_ids], held
 
 
+VALIDATION = "validation"  # the eval set of the validation split: search trials are scored on it (ablate/search.py)
+
+
+def split_validation(pool: list[Problem], n: int, coverage: dict) -> list[Problem]:
+    """`n` problems of the training pool held out to score search trials: never an in-domain or out-of-domain
+    evaluation problem (the pool has none), so tuning does not leak into what the report compares.
+
+    They are the last `n` distinct problems in select_coverage's order (`coverage.seed`), and the pool is left as
+    it is: a trial trains on exactly the problems of the grid cell with the same coverage. A coverage subset that
+    reaches into them is refused."""
+    if n == 0:
+        return []
+    order = list({p.id: p for p in _coverage_order(pool, coverage["seed"])}.values())
+    if n < 0 or n >= len(order):
+        raise ValueError(f"data.validation={n}: the training pool has {len(order)} distinct problems; hold out "
+                         "fewer (0 = no validation split)")
+    held = order[-n:]
+    ids = {p.id for p in held}
+    if any(p.id in ids for p in select_coverage(pool, coverage["unique"], coverage["copies"], coverage["seed"])):
+        room = len(order) - n
+        raise ValueError(f"coverage={coverage['name']} with data.validation={n}: the training problems would include "
+                         f"validation ones; choose a coverage of at most {room} problems or a smaller data.validation")
+    return held
+
+
+def _coverage_order(pool: list[Problem], seed: int) -> list[Problem]:
+    order = sorted(pool, key=lambda p: p.id)
+    random.Random(f"coverage:{seed}").shuffle(order)
+    return order
+
+
 def select_coverage(pool: list[Problem], unique: int | None, copies: int, seed: int) -> list[Problem]:
     """The paper's task coverage: `unique` distinct problems, each repeated `copies` times.
 
@@ -305,8 +336,7 @@ def select_coverage(pool: list[Problem], unique: int | None, copies: int, seed: 
     if unique is not None and unique > len(pool):
         raise ValueError(f"coverage.unique={unique} but the training pool has only {len(pool)} problems; "
                          "choose a smaller coverage or a larger data set")
-    order = sorted(pool, key=lambda p: p.id)
-    random.Random(f"coverage:{seed}").shuffle(order)
+    order = _coverage_order(pool, seed)
     chosen = order if unique is None else order[:unique]
     if not chosen:
         raise ValueError("coverage selects no problems: the training pool is empty")

@@ -17,7 +17,7 @@ from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilde
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
-from ablate import check_stop, grading, models, sft, teacher  # noqa: E402
+from ablate import check_stop, grading, models, search, sft, teacher  # noqa: E402
 from ablate.objectives import (AntiSDConfig, AntiSDTrainer, EGRSDConfig, EGRSDTrainer, RLRTConfig,  # noqa: E402
                                RLRTTrainer, VOPDConfig, VOPDTrainer)
 from ablate.markers import count_markers  # noqa: E402
@@ -321,7 +321,8 @@ def check_teacher_prompts(cfg: dict, tokenizer, problems: list[Problem], limit: 
 def train(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir: str, reward_funcs=None):
     """Train with cfg.objective; returns (trained model, per-step log rows)."""
     recorder = StepRecorder()
-    trainer = build_trainer(cfg, model_path, tokenizer, problems, output_dir, reward_funcs, [recorder])
+    callbacks = [recorder, *search.trial_callbacks(cfg, recorder.rows)]  # a search trial reports each step; may be pruned
+    trainer = build_trainer(cfg, model_path, tokenizer, problems, output_dir, reward_funcs, callbacks)
     check_teacher_prompts(cfg, tokenizer, problems, getattr(trainer.args, "max_prompt_length", None))
     trainer.train()
     return trainer.model, recorder.rows

@@ -20,8 +20,8 @@ def test_every_option_composes(group, option):
     extra = ["data.source.path=/tmp/x.jsonl"] if (group, option) == ("data", "jsonl") else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"{group}={option}", *extra],
-                      return_hydra_config=group == "grid")
-    if group == "grid":  # a preset multirun grid: it sets the sweeper's axes, over existing group options
+                      return_hydra_config=group in ("grid", "search"))
+    if group in ("grid", "search"):  # a preset multirun grid or search space: it sets the sweeper's params
         params = cfg.hydra.sweeper.params
         assert params and all(v for v in params.values())
         for axis, values in params.items():

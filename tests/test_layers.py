@@ -14,7 +14,7 @@ LAYERS = {
     "entry": ["ablate.__main__", "ablate.report", "ablate.launch"],  # launch: one rank of a cell on several processes
     "run": ["ablate.cell", "ablate.probe", "ablate.build", "ablate.validate"],
     "train/evaluate": ["ablate.train", "ablate.sft", "ablate.evaluate", "ablate.objectives"],
-    "domain": ["ablate.data", "ablate.world", "ablate.models", "ablate.teacher", "ablate.directions"],
+    "domain": ["ablate.data", "ablate.world", "ablate.models", "ablate.teacher", "ablate.directions", "ablate.search"],
     "pure domain": ["ablate.problem", "ablate.grading", "ablate.markers", "ablate.metrics", "ablate.stats"],
     "store": ["ablate.record", "ablate.query"],
     "root": ["ablate"],
