@@ -22,10 +22,19 @@ CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else
 
 
 def _launch(run, cfg: DictConfig) -> str:
+    from ablate.validate import ConfigError
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
-    status = run(cfg, sweep=sweep, output_dir=hc.runtime.output_dir)
+    try:
+        status = run(cfg, sweep=sweep, output_dir=hc.runtime.output_dir)
+    except ConfigError as err:  # nothing was loaded or written: one line; a sweep goes on with its next cell
+        if not multirun:
+            print(f"ablate: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"ablate: job #{hc.job.num} failed: {err}", file=sys.stderr)
+        return "failed"
     if status in ("failed", "interrupted") and not multirun:
         sys.exit(1)
     return status

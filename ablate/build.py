@@ -13,10 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ablate import cell, check_stop, record
+from ablate import validate
+
 
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None) -> str:
     """Build and record; returns completed | skipped | failed | interrupted."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    validate.check(resolved)  # a bad value: one line, before anything loads or is written
     for unused in ("probe", "objective", "trainer", "richness", "coverage"):  # no part of a build: out of its hash
         resolved.pop(unused, None)
     resolved.update(objective={"name": "-"}, richness={"name": "-"}, coverage={"name": "-"})  # no axis but the model

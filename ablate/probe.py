@@ -22,6 +22,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from ablate import cell, check_stop, record
+from ablate import validate
 
 EVAL_SET = "probe"
 
@@ -29,6 +30,7 @@ EVAL_SET = "probe"
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None) -> str:
     """Run the probe for one config and record it; returns completed | skipped | failed | interrupted."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    validate.check(resolved)  # a bad value: one line, before anything loads or is written
     for unused in ("objective", "trainer"):  # nothing is trained: they would only split the config hash
         resolved.pop(unused)
     resolved["objective"] = {"name": "-"}

@@ -217,10 +217,17 @@ class SchemaCallback(Callback):
 
     @staticmethod
     def _upgrade(url: str) -> None:
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
         try:
             upgrade(url)
         except SchemaError as err:  # one line, before any cell starts; nothing is written
             print(f"ablate: {err}", file=__import__("sys").stderr)
+            raise SystemExit(2) from None
+        except (ArgumentError, NoSuchModuleError, ImportError) as err:  # no dialect or driver: nothing was opened
+            print(f"ablate: db.url={url}: SQLAlchemy cannot open it ({str(err).strip().splitlines()[0]}); use a URL "
+                  "such as sqlite:///db/ablate.sqlite or postgresql+psycopg://USER@HOST/DB",
+                  file=__import__("sys").stderr)
             raise SystemExit(2) from None
 
 
