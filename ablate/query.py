@@ -9,13 +9,15 @@
 
 import argparse
 import os
+import re
+import sqlite3
 import sys
 from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ablate import record
 
@@ -36,7 +38,11 @@ def reader(url: str) -> Engine:
         eng = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", connect_args={"timeout": 30})
         pragma = "PRAGMA query_only=ON"
     else:
-        eng = create_engine(url, pool_pre_ping=True)
+        try:
+            eng = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, NoSuchModuleError, ImportError) as err:
+            raise QueryError(f"--db {url}: SQLAlchemy cannot open it ({str(err).strip().splitlines()[0]}); use a URL "
+                             f"such as {DEFAULT_DB} or postgresql+psycopg://USER@HOST/DB") from None
         pragma = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
 
     @event.listens_for(eng, "connect")
@@ -44,7 +50,9 @@ def reader(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute(pragma)
         cur.close()
-        if not url.startswith("sqlite"):
+        if url.startswith("sqlite"):
+            dbapi_conn.set_authorizer(_no_attach)
+        else:
             dbapi_conn.commit()
 
     current = record.revision(eng, url)
@@ -55,6 +63,11 @@ def reader(url: str) -> Engine:
         raise QueryError(f"{shown}: schema {current}, queries need {record.HEAD}: run `ablate db upgrade --db URL`"
                          if current < record.HEAD else f"{shown}: schema {current} is newer than this ablate; upgrade ablate")
     return eng
+
+
+def _no_attach(action: int, *_) -> int:
+    """SQLite authorizer: deny ATTACH, which creates the file it names (so does VACUUM INTO, which attaches)."""
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_ATTACH else sqlite3.SQLITE_OK
 
 
 def parse_filters(items: list[str]) -> dict[str, str]:
@@ -121,8 +134,16 @@ def pivot(eng: Engine, metric: str, rows: str, cols: str, eval_set: str, stage: 
         index=rows, columns=cols)
 
 
+# PostgreSQL's READ ONLY transactions still run COPY ... TO 'file' and DO blocks, which can write files on the
+# server: there, one statement that reads is all that is sent. (SQLite's authorizer refuses ATTACH: see reader.)
+_READS = re.compile(r"\s*\(*\s*(select|with|values|table|explain|show)\b", re.I)
+
+
 def sql(eng: Engine, query: str) -> pd.DataFrame:
     """A read-only SQL query; the connection refuses writes (SQLite query_only, Postgres READ ONLY)."""
+    if eng.dialect.name != "sqlite" and (not _READS.match(query) or ";" in query.strip().rstrip(";")):
+        raise QueryError("read-only: send one SELECT, WITH, VALUES, TABLE, EXPLAIN or SHOW statement "
+                         "(COPY and DO could write files on the server)")
     try:
         with eng.connect() as conn:
             result = conn.execute(text(query))
@@ -133,6 +154,8 @@ def sql(eng: Engine, query: str) -> pd.DataFrame:
         msg = str(err.orig).strip().splitlines()[0]
         if "readonly" in msg or "read-only" in msg or "read only" in msg:
             raise QueryError(f"read-only: this command never writes ({msg})") from None
+        if "not authorized" in msg or "authorization denied" in msg:
+            raise QueryError(f"read-only: ATTACH and VACUUM INTO would create files ({msg})") from None
         raise QueryError(f"SQL error: {msg}") from None
 
 
@@ -170,20 +193,26 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default=os.environ.get("ABLATE_DB", DEFAULT_DB),
                         help=f"SQLAlchemy URL of the results database (default $ABLATE_DB or {DEFAULT_DB})")
+    # --db also after the subcommand (`ablate query sql "..." --db URL`); SUPPRESS: a subcommand that is not
+    # given one keeps the --db given before it
+    db_after = argparse.ArgumentParser(add_help=False)
+    db_after.add_argument("--db", default=argparse.SUPPRESS, help="as --db before the subcommand")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sweeps", help="list sweeps with run counts by status")
-    p = sub.add_parser("runs", help="list runs; filters key=value (comma for several values)")
+    sub.add_parser("sweeps", parents=[db_after], help="list sweeps with run counts by status")
+    p = sub.add_parser("runs", parents=[db_after], help="list runs; filters key=value (comma for several values)")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE", help=f"keys: {', '.join(FILTERS)}")
-    p = sub.add_parser("pivot", help="mean of a metric over completed runs, rows x cols")
+    p = sub.add_parser("pivot", parents=[db_after], help="mean of a metric over completed runs, rows x cols")
     p.add_argument("metric", help="e.g. accuracy, pass_at_k, mean_length, markers_per_response")
     p.add_argument("--rows", default="richness")
     p.add_argument("--cols", default="coverage")
     p.add_argument("--eval-set", default="in_domain", help="in_domain or an eval.suites name")
     p.add_argument("--stage", default="trained", help="trained, base, or delta (trained - base)")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE")
-    p = sub.add_parser("sql", help="run a read-only SQL query (views: run_metrics, run_samples, run_steps)")
+    p = sub.add_parser("sql", parents=[db_after],
+                       help="run a read-only SQL query (views: run_metrics, run_samples, run_steps)")
     p.add_argument("query")
-    p = sub.add_parser("export", help="write runs, metrics, samples, train_steps as CSV or Parquet")
+    p = sub.add_parser("export", parents=[db_after],
+                       help="write runs, metrics, samples, train_steps as CSV or Parquet")
     p.add_argument("out", type=Path)
     p.add_argument("--format", default="csv")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE")

@@ -1,5 +1,9 @@
 """The query command on SQLite and PostgreSQL: listing, pivots, read-only SQL, export, and bad input."""
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from sqlalchemy import text
@@ -100,3 +104,34 @@ def test_newer_schema_refused(db_url):
         conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
     with pytest.raises(query.QueryError, match="newer than this ablate"):
         query.reader(db_url)
+
+
+def test_db_option_before_or_after_the_subcommand(db_url, capsys):
+    _fill(db_url)
+    for argv in (["sql", "SELECT count(*) AS n_runs FROM runs", "--db", db_url],
+                 ["--db", "sqlite:///no/such.sqlite", "sql", "SELECT count(*) AS n_runs FROM runs", "--db", db_url],
+                 ["runs", "--db", db_url, "richness=high"], ["pivot", "accuracy", "--db", db_url, "model=tiny"]):
+        assert query.main(argv) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert ("n_runs" in out and "4" in out) if "sql" in argv else "seen_64" in out
+
+
+def test_sql_never_creates_a_file(db_url, tmp_path):
+    """SQLite: ATTACH and VACUUM INTO would create the file they name; PostgreSQL: COPY TO and DO blocks can write
+    server files inside a READ ONLY transaction. Refused, and no file appears."""
+    _fill(db_url)
+    eng = query.reader(db_url)
+    target = Path(tempfile.mkdtemp(prefix="ablate-query-"))  # writable by a local PostgreSQL server too
+    target.chmod(0o777)
+    statements = [f"ATTACH DATABASE '{target / 'a.db'}' AS a", f"VACUUM INTO '{target / 'v.db'}'"] \
+        if db_url.startswith("sqlite") else \
+        [f"COPY (SELECT 1) TO '{target / 'c.csv'}'", f"SELECT 1; COPY (SELECT 1) TO '{target / 'd.csv'}'",
+         f"DO $$ BEGIN EXECUTE 'COPY (SELECT 1) TO ''{target / 'e.csv'}'''; END $$"]
+    try:
+        for statement in statements:
+            with pytest.raises(query.QueryError, match="read-only"):
+                query.sql(eng, statement)
+        assert list(target.iterdir()) == []
+        assert query.sql(eng, "  SELECT count(*) AS n FROM runs;").n[0] == 4
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
