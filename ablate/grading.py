@@ -1,10 +1,54 @@
 """Answer grading: math-verify on the boxed answer (math), a letter for multiple choice (choice), plus a
-plain exact-match column. Training rewards and evaluation call the same `is_correct`."""
+plain exact-match column. Training rewards and evaluation call the same `is_correct`.
 
+`is_correct` works from any thread or process and never raises for a response: math-verify's own timeouts use
+SIGALRM (main thread only), so they are off and `_within` bounds each answer instead; an answer that takes
+longer than SECONDS, or that math-verify fails on, is graded wrong.
+"""
+
+import ctypes
+import math
 import re
+import threading
 
+import math_verify.grader
+import math_verify.parser
 from math_verify import LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
+from sympy import Basic, Pow, factorial, preorder_traversal
+
+SECONDS = 5.0  # at most this long to grade one answer (math-verify's own limit per operation)
+MAX_CHARS = 1000  # a longer boxed answer is compared as a string only (MATH500's longest gold has 53 characters)
+MAX_BITS = 10**7  # nor is one holding a power or factorial larger than 2^MAX_BITS (see _too_large)
+_BOXED = [LatexExtractionConfig(boxed_match_priority=0)]
+# math-verify warns once that its timeouts are off and the caller must bound the time: `_within` does.
+math_verify.parser.TIMEOUT_WARNING_SHOWN = math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+
+
+class GradingTimeout(BaseException):
+    """Raised into a thread whose grading ran past its deadline. Not an Exception (as math-verify's own
+    TimeoutException), so that no handler inside math-verify or sympy swallows it."""
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in this thread, interrupted with GradingTimeout after `seconds`: what SIGALRM does for
+    math-verify on the main thread, for any thread. Like SIGALRM, it cannot stop a single long C call."""
+    thread = ctypes.c_ulong(threading.get_ident())
+    done, lock = threading.Event(), threading.Lock()
+
+    def watch():
+        if not done.wait(seconds):
+            with lock:
+                if not done.is_set():
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, ctypes.py_object(GradingTimeout))
+
+    threading.Thread(target=watch, daemon=True, name="grading-deadline").start()
+    try:
+        return fn(*args)
+    finally:
+        with lock:
+            done.set()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)  # one raised too late to land is dropped
 
 
 def last_boxed(text: str) -> str | None:
@@ -63,9 +107,9 @@ def is_correct(completion: str, gold: str, grader: str = "math") -> bool:
     """Is the response's answer right? grader=choice: the chosen letter is `gold`; grader=math: math-verify,
     the last \\boxed{} answer after the thinking equals `gold` mathematically.
 
-    A response without a boxed answer is wrong. math-verify's timeouts use SIGALRM, which works on the
-    main thread only (elsewhere they are skipped); its TimeoutException derives from BaseException, so it is
-    caught by name.
+    A response without a boxed answer is wrong, as is one that math-verify fails on or that takes longer than
+    SECONDS to grade; from any thread. The gold is read as a boxed answer too, so that currency, units and
+    \\text{} in it are normalised as in the response (gold \\$36 accepts \\boxed{36.00}).
     """
     if grader == "choice":
         return choice_letter(completion) == gold.strip().upper()
@@ -74,15 +118,46 @@ def is_correct(completion: str, gold: str, grader: str = "math") -> bool:
     boxed = last_boxed(after_thinking(completion))
     if boxed is None:
         return False
-    gold_text = gold if "\\boxed" in gold or "$" in gold else f"${gold}$"
+    if len(boxed) > MAX_CHARS:
+        return _normalize(boxed) == _normalize(gold)
     try:
-        gold_parsed = parse(gold_text)
-        pred = parse(f"\\boxed{{{boxed}}}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)])
-        if not gold_parsed or not pred:
-            return _normalize(boxed) == _normalize(gold)
-        return bool(verify(gold_parsed, pred))
-    except TimeoutException:
+        return _within(SECONDS, _math_equal, boxed, gold)
+    except (Exception, TimeoutException, GradingTimeout):  # a malformed or pathological answer is wrong, not an error
         return False
+
+
+def _too_large(parsed: list) -> bool:
+    """Does a parsed answer hold a power or factorial of numbers beyond 2^MAX_BITS (10^{10^{10}}, 9!!!!!!)?
+    sympy computes such a number in one C call, which neither SIGALRM nor `_within` can interrupt."""
+    for expr in parsed:
+        if not isinstance(expr, Basic):
+            continue
+        for node in preorder_traversal(expr):
+            if isinstance(node, Pow) and node.is_number:
+                base, power = abs(complex(node.base.evalf(30))), abs(complex(node.exp.evalf(30)))
+                bits = power * abs(math.log2(base)) if base else 0.0
+            elif isinstance(node, factorial) and node.is_number:
+                n = abs(complex(node.args[0].evalf(30)))
+                bits = n * math.log2(max(n, 2.0))
+            else:
+                continue
+            if not bits <= MAX_BITS:  # nan and inf too
+                return True
+    return False
+
+
+def _math_equal(boxed: str, gold: str) -> bool:
+    # The gold as a boxed answer (one already boxed as is): math-verify then applies its normalisation of
+    # currency, units and \\text{} to it; a gold inside $...$ loses the dollars first.
+    text = gold.strip()
+    if len(text) > 1 and text.startswith("$") and text.endswith("$") and not text.endswith("\\$"):
+        text = text[1:-1]
+    gold_parsed = parse(text if "\\boxed" in text else f"\\boxed{{{text}}}", extraction_config=_BOXED,
+                        parsing_timeout=None)
+    pred = parse(f"\\boxed{{{boxed}}}", extraction_config=_BOXED, parsing_timeout=None)
+    if not gold_parsed or not pred or _too_large(gold_parsed) or _too_large(pred):
+        return _normalize(boxed) == _normalize(gold)
+    return bool(verify(gold_parsed, pred, timeout_seconds=None))
 
 
 def reward(completions, answer, grader=None, **_) -> list[float]:
