@@ -3,10 +3,16 @@
 `ablate probe [overrides]` runs the off-policy hint probe (ablate/probe.py) on the same config;
 `ablate build [overrides]` makes and evaluates the starting model once, recorded as a run (ablate/build.py);
 `ablate query ...`, `ablate db ...` and `ablate report ...` reach the query, database and report commands.
+
+Quiet by default: library deprecation warnings (FutureWarning, DeprecationWarning, the libraries' UserWarnings)
+and transformers' advice are hidden; `-v` / `--verbose` anywhere on the command line, ABLATE_LOG=debug,
+hydra.verbose=... or PYTHONWARNINGS shows them.
 """
 
+import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -19,6 +25,24 @@ from ablate import request_stop
 # A source checkout reads ./conf; an installed wheel ships it as the package ablate.conf.
 _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else "pkg://ablate.conf"
+
+
+LIBRARIES = r"(transformers|trl|torch|accelerate|peft|datasets|huggingface_hub|tokenizers|math_verify)(\.|$)"
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def quiet(verbose: bool) -> None:
+    """Hide library deprecation warnings and advice unless `verbose` (or PYTHONWARNINGS sets its own filters)."""
+    if verbose:
+        warnings.simplefilter("default")  # every warning once per place, DeprecationWarning included
+        return
+    if sys.warnoptions:
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")  # a cell's ranks
 
 
 def _launch(run, cfg: DictConfig) -> str:
@@ -72,6 +96,10 @@ def _stop(signum, _frame):
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    verbose = any(a in VERBOSE_FLAGS for a in sys.argv[1:])
+    sys.argv[1:] = [a for a in sys.argv[1:] if a not in VERBOSE_FLAGS]
+    quiet(verbose or os.environ.get("ABLATE_LOG", "").lower() in ("debug", "info")
+          or any(a.startswith("hydra.verbose=") for a in sys.argv[1:]))
     if len(sys.argv) > 1 and sys.argv[1] in ("query", "db", "report"):
         command, argv = sys.argv[1], sys.argv[2:]
         if command == "query":
