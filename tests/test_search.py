@@ -278,7 +278,8 @@ def test_multi_objective_search_and_its_pareto_front_in_the_report(tmp_path):
     for rate, values in points.items():
         study.add_trial(create_trial(params={lr: rate}, distributions={lr: FloatDistribution(1e-5, 1e-3, log=True)},
                                      values=values))
-    tables, figures = report_search.section(db, tmp_path / "report", "r")
+    s = report_search.section(record.engine(db), db, tmp_path / "report", "r")
+    tables, figures = s["tables"], s["figures"]
     pareto = tables["pareto"][tables["pareto"].study == "front/sdpo"]
     front = set(pareto[pareto.front].number)
     assert front == {t.number for t in study.best_trials} and 4 not in front  # trial 4: the dominated 3e-5
@@ -288,3 +289,9 @@ def test_multi_objective_search_and_its_pareto_front_in_the_report(tmp_path):
     assert set(trials[trials.run_id.notna()].number) == {0, 1}  # the sweeper's trials are recorded runs
     best = tables["best"].set_index("study").loc["front/sdpo"]
     assert best.trial == search.best(study).number and best.per == "objective=sdpo"
+    assert s["best"]["rows"][0][:3] == ["front/sdpo", "objective=sdpo", str(best.trial)]
+    from ablate.report import main as report_main  # the HTML report carries the section
+
+    assert report_main(["--db", db, "--out", str(tmp_path / "html")]) == 0
+    page = next((tmp_path / "html").glob("*.html")).read_text()
+    assert 'id="search"' in page and "Search: Pareto front" in page and "front/sdpo" in page

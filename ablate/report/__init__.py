@@ -27,6 +27,7 @@ from ablate.query import QueryError, reader
 from ablate.report.analysis import analyse, analyse_runs, browser_cells, with_samples
 from ablate.report.html import highlight, render
 from ablate.report.load import Selection, load, load_examples, load_units, sweeps
+from ablate.report.search import section as search_section
 
 __all__ = ["Selection", "analyse", "build", "highlight", "load", "load_examples", "load_units", "main"]
 
@@ -40,8 +41,9 @@ def _stem(out: Path) -> str:
     return stem
 
 
-def build(eng: Engine, out: Path, sel: Selection, db_label: str = "") -> Path:
-    """Write the report for `sel` into `out`; returns the HTML file's path."""
+def build(eng: Engine, out: Path, sel: Selection, db_label: str = "", db_url: str | None = None) -> Path:
+    """Write the report for `sel` into `out`; returns the HTML file's path. With `db_url`, a search section covers
+    the hyperparameter studies beside that database (ablate/report/search.py)."""
     # The samples' GROUP BY runs in the database, without the GIL: meanwhile this thread loads the rest and
     # draws the figures that need no samples (matplotlib's import included).
     with ThreadPoolExecutor(1) as pool:
@@ -64,7 +66,9 @@ def build(eng: Engine, out: Path, sel: Selection, db_label: str = "") -> Path:
     examples = load_examples(eng, ids) if ids else pd.DataFrame(columns=["evaluation_id", "eval_set"])
     figs = [made[p.name] for p in figures.FIGURES if p.name in made]
     path = out / f"{stem}.html"
-    path.write_text(render(a, figs, figures.FIGURE_PANELS, examples, shown, base_ids, db_label), encoding="utf-8")
+    search = search_section(eng, db_url, out, stem) if db_url else None
+    path.write_text(render(a, figs, figures.FIGURE_PANELS, examples, shown, base_ids, db_label, search),
+                    encoding="utf-8")
     return path
 
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         eng = reader(args.db)
         try:
-            path = build(eng, args.out, sel, label)
+            path = build(eng, args.out, sel, label, args.db)
         finally:
             eng.dispose()  # close connections properly (a server sees a clean logout)
     except (QueryError, record.SchemaError) as err:

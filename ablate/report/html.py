@@ -206,8 +206,9 @@ def _browser(a: Analysis, examples: pd.DataFrame, shown: pd.DataFrame, base_ids:
 
 
 def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataFrame, shown: pd.DataFrame,
-           base_ids: dict, db_label: str) -> str:
-    """The page: `figs` drawn (with at most `figure_panels` rows), the examples of the runs `shown`."""
+           base_ids: dict, db_label: str, search: dict | None = None) -> str:
+    """The page: `figs` drawn (with at most `figure_panels` rows), the examples of the runs `shown`, and the search
+    section (report/search.py) when studies lie beside the database."""
     browser = _browser(a, examples, shown, base_ids)
     cells = len(a.picked.drop_duplicates([*a.panel_keys, "richness", "coverage"]))
     return ENV.get_template("report.html.j2").render(
@@ -217,4 +218,4 @@ def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataF
         n_panels=len(a.picked[a.panel_keys].drop_duplicates()), panels=_panels(a), compared=_compared(a),
         compare_a=a.sel.compare[0] if a.sel.compare else "", compare_b=a.sel.compare[1] if a.sel.compare else "",
         browser=browser, browser_shown=sum(len(p["cells"]) for p in browser),
-        browser_more=max(0, cells - len(shown)))
+        browser_more=max(0, cells - len(shown)), search=search)

@@ -2,13 +2,14 @@
 recorded run, the best setting per objective, the optimisation history, parameter importances and, for a
 multi-objective study, its Pareto front. Figures are seaborn, written as PNG and SVG like figures.py.
 
-    tables, figs = section(db_url, out, stem)      # empty when no search was run
+    s = section(eng, db_url, out, stem)      # None when no study lies beside the database
 
-`tables` holds DataFrames (trials, best, importances, pareto); `figs` entries have figures.draw's shape ({name,
-title, caption, png, svg, data}), so the page can list them with the other figures.
+s["tables"] holds DataFrames (trials, best, importances, pareto); s["figures"] entries have figures.draw's shape
+({name, title, caption, png, svg, data}); s["best"] and s["trials"] are the page's tables ({head, rows}).
 """
 
 import base64
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,9 @@ class Studies:
     metrics: dict = field(default_factory=dict)  # study -> [(metric, direction)]
 
 
-def load(db_url: str, storage: str | None = None) -> Studies | None:
-    """Every study in the storage beside `db_url` (or `storage`) with its trials' runs; None without one."""
+def load(eng, db_url: str, storage: str | None = None) -> Studies | None:
+    """Every study in the storage beside `db_url` (or `storage`) with its trials' runs read through `eng` (the
+    report's read-only engine on `db_url`); None without one."""
     import optuna
 
     try:
@@ -42,7 +44,7 @@ def load(db_url: str, storage: str | None = None) -> Studies | None:
     names = optuna.get_all_study_names(store) if store is not None else []
     if not names:
         return None
-    runs = _runs(db_url, names)
+    runs = _runs(eng, names)
     trials, best, importances, pareto, objectives = [], [], [], [], {}
     for name in sorted(names):
         study = optuna.load_study(study_name=name, storage=store)
@@ -76,16 +78,11 @@ def load(db_url: str, storage: str | None = None) -> Studies | None:
                    pareto=frame(pareto, ["study", "number", "front"]), metrics=objectives)
 
 
-def _runs(db_url: str, names: list[str]) -> dict:
+def _runs(eng, names: list[str]) -> dict:
     """(study, trial number) -> (run id, status) of the trials' latest runs (runs.kind 'trial')."""
-    eng = record.engine(db_url)
-    try:
-        with eng.connect() as conn:
-            rows = conn.execute(select(record.Run.study, record.Run.trial, record.Run.id, record.Run.status)
-                                .where(record.Run.kind == "trial", record.Run.study.in_(names))
-                                .order_by(record.Run.id)).all()
-    finally:
-        eng.dispose()
+    with eng.connect() as conn:
+        rows = conn.execute(select(record.Run.study, record.Run.trial, record.Run.id, record.Run.status)
+                            .where(record.Run.kind == "trial", record.Run.study.in_(names)).order_by(record.Run.id)).all()
     return {(s, n): (i, st) for s, n, i, st in rows}
 
 
@@ -100,7 +97,9 @@ def _importances(study, index: int) -> dict:
 
     sign = -1.0 if study.directions[index].name == "MAXIMIZE" else 1.0  # its default evaluator reads low as good
     try:
-        return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[index])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # the sign does it
+            return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[index])
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
 
@@ -109,14 +108,15 @@ def _importances(study, index: int) -> dict:
 
 def fig_history(s: Studies):
     """Each trial's value by trial number (pruned trials at the bottom edge), and the best so far."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
     rows = [(name, m, d) for name, objs in s.metrics.items() for m, d in objs][:PANELS]
     rows = [r for r in rows if r[1] in s.trials and s.trials[(s.trials.study == r[0])][r[1]].notna().any()]
     if not rows:
         return None
-    fig, axes = plt.subplots(len(rows), 1, figsize=(6.5, 2.4 * len(rows) + 0.4), squeeze=False)
+    fig = Figure(figsize=(6.5, 2.4 * len(rows) + 0.4))  # not pyplot's, as figures.py
+    axes = fig.subplots(len(rows), 1, squeeze=False)
     for ax, (name, metric, direction) in zip(axes[:, 0], rows):
         t = s.trials[s.trials.study == name].sort_values("number")
         done = t[t.state == "complete"]
@@ -136,15 +136,15 @@ def fig_history(s: Studies):
 
 def fig_importances(s: Studies):
     """Optuna's parameter importances per study and metric."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
     imp = s.importances
     if imp.empty:
         return None
     panels = imp[["study", "metric"]].drop_duplicates().head(PANELS)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6.5, 1.2 + 0.35 * imp.param.nunique() * len(panels)),
-                             squeeze=False)
+    fig = Figure(figsize=(6.5, 1.2 + 0.35 * imp.param.nunique() * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
     for ax, (_, p) in zip(axes[:, 0], panels.iterrows()):
         mine = imp[(imp.study == p.study) & (imp.metric == p.metric)].sort_values("importance", ascending=False)
         sns.barplot(mine, x="importance", y="param", ax=ax, color="tab:blue")
@@ -156,13 +156,14 @@ def fig_importances(s: Studies):
 
 def fig_pareto(s: Studies):
     """Multi-objective studies: every complete trial on the first two metrics, the Pareto front joined."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
     names = [n for n in s.pareto.study.unique()][:PANELS] if len(s.pareto) else []
     if not names:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
+    fig = Figure(figsize=(4.6 * len(names), 3.8))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         (mx, dx), (my, dy) = s.metrics[name][:2]
         p = s.pareto[s.pareto.study == name]
@@ -194,9 +195,6 @@ FIGURES = [
 def draw(s: Studies, out: Path, stem: str) -> list[dict]:
     """The figures with data, each written as PNG and SVG into `out`: entries shaped like figures.draw's."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     made = []
@@ -210,18 +208,29 @@ def draw(s: Studies, out: Path, stem: str) -> list[dict]:
             png, svg = out / f"{stem}-{name}.png", out / f"{stem}-{name}.svg"
             fig.savefig(png, dpi=100)
             fig.savefig(svg)
-            plt.close(fig)
             made.append({"name": name, "title": title, "caption": caption, "png": png.name, "svg": svg.name,
                          "data": base64.b64encode(png.read_bytes()).decode("ascii")})
     return made
 
 
-def section(db_url: str, out: Path, stem: str, storage: str | None = None) -> tuple[dict, list[dict]]:
-    """({trials, best, importances, pareto: DataFrame}, figure entries) of the search section; ({}, []) when the
-    results database has no study beside it."""
-    s = load(db_url, storage)
+def section(eng, db_url: str, out: Path, stem: str, storage: str | None = None) -> dict | None:
+    """The search section: tables (DataFrames), figures (drawn into `out`) and the page's tables; None when no
+    study lies beside the results database."""
+    s = load(eng, db_url, storage)
     if s is None:
-        return {}, []
-    tables = {"trials": s.trials[[c for c in s.trials.columns if not c.startswith("param ")]], "best": s.best,
-              "importances": s.importances, "pareto": s.pareto}
-    return tables, draw(s, out, stem)
+        return None
+    trials = s.trials[[c for c in s.trials.columns if not c.startswith("param ")]]
+    metrics = sorted({m for objs in s.metrics.values() for m, _ in objs})
+    shown = lambda df, cols: {"head": cols, "rows": [[_cell(r.get(c)) for c in cols] for r in df.to_dict("records")]}
+    return {"tables": {"trials": trials, "best": s.best, "importances": s.importances, "pareto": s.pareto},
+            "figures": draw(s, out, stem),
+            "best": shown(s.best, ["study", "per", "trial", "params", *metrics, "n_complete", "n_pruned"]),
+            "trials": shown(trials, ["study", "number", "state", "params", *metrics, "run_id", "run_status"])}
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
