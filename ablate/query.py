@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from ablate import record
+from ablate import metrics, record
 
-FILTERS = ("sweep", "richness", "coverage", "model", "objective", "seed", "status")
-DEFAULT_DB = "sqlite:///db/ablate.sqlite"
+FILTERS = ("sweep", "kind", "richness", "coverage", "model", "objective", "seed", "status")
+DEFAULT_DB = record.DEFAULT_URL
 
 
 class QueryError(ValueError):
@@ -98,7 +98,7 @@ def read(eng: Engine, sql: str, params: dict | None = None) -> pd.DataFrame:
 
 def runs(eng: Engine, filters: dict[str, str]) -> pd.DataFrame:
     where, params = _where(filters)
-    return read(eng, "SELECT id, sweep, richness, coverage, model, objective, seed, status, config_hash, "
+    return read(eng, "SELECT id, sweep, kind, richness, coverage, model, objective, seed, status, config_hash, "
                      f"git_commit, started_at, ended_at FROM runs{where} ORDER BY id", params)
 
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("runs", parents=[db_after], help="list runs; filters key=value (comma for several values)")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE", help=f"keys: {', '.join(FILTERS)}")
     p = sub.add_parser("pivot", parents=[db_after], help="mean of a metric over completed runs, rows x cols")
-    p.add_argument("metric", help="e.g. accuracy, pass_at_k, mean_length, markers_per_response")
+    p.add_argument("metric", help=f"{', '.join(metrics.names())} (ablate/metrics.py), marker/WORD, or any stored name")
     p.add_argument("--rows", default="richness")
     p.add_argument("--cols", default="coverage")
     p.add_argument("--eval-set", default="in_domain", help="in_domain or an eval.suites name")
