@@ -198,7 +198,7 @@ class OptunaSweeper(Sweeper):
             failures = 0
             for t in trials:
                 status, values, run_id, why = search.outcome(eng, plan["study"], t.number, names)
-                shown = " ".join(f"{k}={_value(v)}" for k, v in t.params.items())
+                shown = _shown(t.params)
                 if status == "completed":
                     _tell(study, t, values=values)
                     result = ", ".join(f"{m} {v:.4g}" for m, v in zip(names, values))
@@ -240,14 +240,17 @@ def _best(study, names: list[str]) -> dict:
         return {"best_params": None}
     t = search.best(study)
     front = study.best_trials
-    print(f"ablate: study {study.study_name}: best trial {t.number}: "
-          + " ".join(f"{k}={_value(v)}" for k, v in t.params.items()) + " -> "
+    print(f"ablate: study {study.study_name}: best trial {t.number}: " + _shown(t.params) + " -> "
           + ", ".join(f"{m} {v:.4g}" for m, v in zip(names, t.values))
           + (f" ({len(front)} trials on the Pareto front)" if len(names) > 1 else "")
           + f"; use it: +tuned={study.study_name.rsplit('/', 1)[0]}")
     return {"best_trial": t.number, "best_params": dict(t.params), "best_values": dict(zip(names, t.values)),
             **({"pareto_front": [{"trial": f.number, "params": dict(f.params), "values": list(f.values)}
                                  for f in front]} if len(names) > 1 else {})}
+
+
+def _shown(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _sample(d):
