@@ -129,7 +129,7 @@ def _wait(what: str, check, timeout: float = 180.0):
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_slurm_scancel_records_interrupted_and_rerun_completes_only_that_cell(cache, slurm_cluster, db_url, tmp_path):
-    steps = 100  # long enough to catch cell 0 mid-training (4-9 steps/s here), short enough to rerun
+    steps = 60  # long enough to catch cell 0 mid-training (4-9 steps/s here), short enough to rerun
     args = ["-m", *FAST, f"trainer.max_steps={steps}", f"cache_dir={cache}", f"db.url={db_url}", *SLURM,
             "hydra.sweep.dir=sweep", "seed=0,1"]
     with open(tmp_path / "driver.log", "w") as log:
@@ -167,3 +167,23 @@ def test_slurm_scancel_records_interrupted_and_rerun_completes_only_that_cell(ca
     after = runs(db_url)
     assert [r.status for r in after if r.seed == 0] == ["interrupted", "completed"]
     assert [r.status for r in after if r.seed == 1] == ["completed"]  # skipped by its config hash: no new run
+
+
+def test_every_launcher_command_in_the_docs_composes():
+    """The commands of docs/cluster.md, as written (DB filled in), compose, resolve and pass the config check."""
+    from ablate import validate
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cluster.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ")
+    commands = [line.split("#")[0].split() for line in blocks.splitlines()
+                if line.startswith("python -m ablate ") and "hydra/launcher=" in line]
+    assert len(commands) >= 6
+    for words in commands:
+        overrides = [w.replace("$DB", "postgresql+psycopg://user@dbhost/ablate").split(",")[0]  # a sweep's first cell
+                     for w in words[3:] if w not in ("-m", "build")]
+        cfg, chosen = launcher(*overrides)
+        OmegaConf.to_container(chosen, resolve=True)
+        validate.check(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                              resolve=True))
+        if "model=qwen3_8b" in overrides:
+            assert chosen.gpus_per_node == 4 and chosen.partition == "gpu"
