@@ -11,12 +11,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ablate"
 # top to bottom; a module may import its own layer and the layers below it, never one above
 LAYERS = {
-    "entry": ["ablate.__main__", "ablate.report", "ablate.launch"],  # launch: one rank of a cell on several processes
+    # the commands (query and report read the store; launch is one rank of a cell on several processes)
+    "entry": ["ablate.__main__", "ablate.report", "ablate.query", "ablate.launch"],
     "run": ["ablate.cell", "ablate.probe", "ablate.build", "ablate.validate"],
     "train/evaluate": ["ablate.train", "ablate.sft", "ablate.evaluate", "ablate.objectives"],
-    "domain": ["ablate.data", "ablate.world", "ablate.models", "ablate.teacher", "ablate.directions", "ablate.search"],
-    "pure domain": ["ablate.problem", "ablate.grading", "ablate.markers", "ablate.metrics", "ablate.stats"],
-    "store": ["ablate.record", "ablate.query"],
+    "domain": ["ablate.data", "ablate.world", "ablate.models", "ablate.teacher", "ablate.directions", "ablate.search",
+               "ablate.engines"],
+    "pure domain": ["ablate.problem", "ablate.grading", "ablate.markers", "ablate.metrics", "ablate.stats",
+                    "ablate.ranks"],
+    "store": ["ablate.record"],
     "root": ["ablate"],
 }
 
@@ -32,7 +35,7 @@ def _modules() -> dict[str, Path]:
 
 def _layer(module: str) -> int:
     for rank, members in enumerate(LAYERS.values()):
-        if any(module == m or module.startswith(m + ".") for m in members):
+        if any(module == m or (m != "ablate" and module.startswith(m + ".")) for m in members):
             return rank
     raise AssertionError(f"{module}: in no layer; add it to LAYERS in tests/test_layers.py")
 
@@ -89,6 +92,8 @@ def test_the_check_finds_upward_imports_and_cycles(tmp_path):
     fake.write_text("def f():\n    from ablate import cell\n")  # a lazy import counts too
     deps = _imports("ablate.teacher", fake, {"ablate.cell", "ablate.teacher"})
     assert violations({"ablate.teacher": deps}) == ["ablate.teacher (domain) imports ablate.cell (run)"]
+    with pytest.raises(AssertionError, match="in no layer"):  # a new module must be placed
+        _layer("ablate.newmodule")
     assert violations({"ablate.data": {"ablate.world"}, "ablate.world": {"ablate.data"}}) == [
         "import cycle: ablate.data -> ablate.world -> ablate.data"]
 
