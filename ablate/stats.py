@@ -20,7 +20,13 @@ def grouped_mean_se(grouped) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "se": (grouped.std() / n.pow(0.5)).where(n > 1), "n": n})
 
 
+def quadrature(*ses):
+    """The standard error of a sum or difference of independent estimates: sqrt(se_1^2 + se_2^2 + ...);
+    floats, numpy arrays or pandas Series alike."""
+    return sum(se**2 for se in ses) ** 0.5
+
+
 def difference(a, b) -> tuple[float, float, int]:
     """mean(a) - mean(b) of two independent samples: (estimate, se in quadrature, the smaller n)."""
     (ma, sa, na), (mb, sb, nb) = mean_se(a), mean_se(b)
-    return ma - mb, math.sqrt(sa**2 + sb**2), min(na, nb)
+    return ma - mb, quadrature(sa, sb), min(na, nb)

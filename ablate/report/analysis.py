@@ -17,7 +17,7 @@ from ablate import directions, metrics
 from ablate.markers import PAPER_MARKERS
 from ablate.record import AXES
 from ablate.report.load import UNIT_VALUES, Data, Selection
-from ablate.stats import grouped_mean_se
+from ablate.stats import grouped_mean_se, quadrature
 from ablate.teacher import CONTENTS
 
 IN_DOMAIN, ALL, OOD = "in_domain", "all", "ood_mean"  # eval-set scopes: one set, all pooled, mean of the OOD sets
@@ -250,7 +250,7 @@ def compare(stats: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     left, right = t[t.sweep == a].set_index(keys), t[t.sweep == b].set_index(keys)
     both = left[["mean", "se", "n"]].merge(right[["mean", "se", "n"]], left_index=True, right_index=True,
                                            suffixes=("_a", "_b"))
-    return both.assign(mean=both.mean_b - both.mean_a, se=np.sqrt(both.se_a ** 2 + both.se_b ** 2),
+    return both.assign(mean=both.mean_b - both.mean_a, se=quadrature(both.se_a, both.se_b),
                        n=both.n_a + both.n_b).reset_index()
 
 
