@@ -37,6 +37,18 @@ class SearchError(ValueError):
     """A search that cannot run as asked; the message is one line naming what to change."""
 
 
+@contextlib.contextmanager
+def quiet():
+    """Without Optuna's notes on trial heartbeats (experimental; meant for Study.optimize, which a sweeper cannot
+    use: its trials run in Hydra's jobs)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
 # --- where a study lives -------------------------------------------------------------------------------------------
 
 def storage_url(db_url: str) -> str:
@@ -101,18 +113,6 @@ def _ensure_schema(url, schema: str, create: bool) -> bool:
             return schema in inspect(conn).get_schema_names()
     finally:
         eng.dispose()
-
-
-@contextlib.contextmanager
-def quiet():
-    """Without Optuna's notes on trial heartbeats (experimental; meant for Study.optimize, which a sweeper cannot
-    use: its trials run in Hydra's jobs)."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        yield
 
 
 def label(url: str) -> str:
