@@ -5,7 +5,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ablate import check_stop, ranks
+from ablate import check_stop, engines, ranks
 from ablate.metrics import aggregate
 from ablate.problem import Problem
 from ablate.grading import exact_match, is_correct
@@ -55,11 +55,12 @@ def evaluate(model, tokenizer, suites: dict[str, list[Problem]], ev: dict, chat_
     rank, _ = ranks.rank_world()
     torch.manual_seed(ev["seed"] + rank)
     samples, metrics = [], []
+    gen = engines.generator(ev, generate)  # eval.engine: hf (generate above) | vllm: the same rows from vLLM
     for name, problems in suites.items():
         jobs, real = ranks.shard([(p, i) for p in problems for i in range(ev["k"])])
-        results = generate(model, tokenizer, [p.messages() for p, _ in jobs], temperature=ev["temperature"],
-                           top_p=ev["top_p"], max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
-                           chat_template_kwargs=chat_template_kwargs, desc=f"eval {stage} {name}")
+        results = gen(model, tokenizer, [p.messages() for p, _ in jobs], temperature=ev["temperature"],
+                      top_p=ev["top_p"], max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                      chat_template_kwargs=chat_template_kwargs, desc=f"eval {stage} {name}")
         rows = [{"eval_set": name, "sample_idx": i, **score(text, n, p, ev["markers"]["words"], ev["markers"]["mode"])}
                 for (p, i), (text, n) in zip(jobs[:real], results[:real], strict=True)]
         rows = ranks.all_gather(rows)

@@ -17,7 +17,7 @@ from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilde
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
-from ablate import check_stop, grading, models, search, sft, teacher  # noqa: E402
+from ablate import check_stop, engines, grading, models, search, sft, teacher  # noqa: E402
 from ablate.objectives import (AntiSDConfig, AntiSDTrainer, EGRSDConfig, EGRSDTrainer, RLRTConfig,  # noqa: E402
                                RLRTTrainer, VOPDConfig, VOPDTrainer)
 from ablate.markers import count_markers  # noqa: E402
@@ -56,6 +56,9 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
     if cfg["model"].get("chat_template_kwargs") and "chat_template_kwargs" in fields:  # SFT: a dataset column
         kwargs.setdefault("chat_template_kwargs", dict(cfg["model"]["chat_template_kwargs"]))
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
+    if kwargs.get("use_vllm"):  # TRL's rollouts on vLLM (colocate): its engine takes the model's engine settings
+        engines.check("vllm", "trainer.use_vllm")
+        kwargs = {**engines.trl_args(cfg["model"].get("engine"), fields), **kwargs}
     if cfg["objective"]["context_source"] is not None and cfg["richness"]["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
     return family.config, family.config_kwargs(cfg, kwargs)
@@ -322,7 +325,9 @@ def train(cfg: dict, model_path, tokenizer, problems: list[Problem], output_dir:
     """Train with cfg.objective; returns (trained model, per-step log rows)."""
     recorder = StepRecorder()
     callbacks = [recorder, *search.trial_callbacks(cfg, recorder.rows)]  # a search trial reports each step; may be pruned
+    engines.before_training(trainer_args(cfg, output_dir)[1].get("use_vllm", False))  # frees an engine's memory
     trainer = build_trainer(cfg, model_path, tokenizer, problems, output_dir, reward_funcs, callbacks)
+    engines.adopt(trainer, cfg["model"].get("engine"))  # vLLM rollouts: their engine serves the trained evaluation
     check_teacher_prompts(cfg, tokenizer, problems, getattr(trainer.args, "max_prompt_length", None))
     trainer.train()
     return trainer.model, recorder.rows
