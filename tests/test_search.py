@@ -186,6 +186,25 @@ def test_resume_tells_what_the_runs_recorded_and_retries_interrupted_trials(tmp_
     assert again.number == 4 and again.params == trials[2].params
 
 
+def test_a_resumed_search_does_not_repeat_its_seeded_proposals(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ablate_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(sampler=OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 0}),
+                            direction="maximize", storage=None, study_name=None, n_trials=2, n_jobs=1,
+                            max_failure_rate=0.0, params=None, metric="accuracy", per=[], validation=4, report=None)
+    space = {"lr": FloatDistribution(1e-5, 1e-3, log=True)}
+    first = [optuna.create_study(sampler=sweeper._sampler(space, 0)[0]).ask(space).params for _ in range(2)]
+    assert first[0] == first[1]  # the same seed, the same start: what a rerun of a finished search would repeat
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=sweeper._sampler(space, 0)[0])
+    study.tell(study.ask(space), 0.5)
+    resumed = optuna.load_study(study_name=study.study_name, storage=storage,
+                                sampler=sweeper._sampler(space, len(study.trials))[0])
+    assert resumed.ask(space).params != first[0]
+
+
 def test_tuned_cell_takes_its_objectives_best_setting(fast_cfg, tmp_path):
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
     record.upgrade(db)

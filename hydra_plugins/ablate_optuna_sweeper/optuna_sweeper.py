@@ -125,11 +125,14 @@ class OptunaSweeper(Sweeper):
 
         from ablate import search
 
-        sampler, plan["points"] = self._sampler(plan["space"])
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         store = search.storage(plan["storage"])
-        study = optuna.create_study(study_name=plan["study"], storage=store, sampler=sampler, load_if_exists=True,
+        study = optuna.create_study(study_name=plan["study"], storage=store, load_if_exists=True,
                                     directions=[d for _, d in plan["objectives"]])
+        # A fixed sampler seed counts on from the study's trials: a resumed search does not propose again what its
+        # first run already tried (a sampler's random start would repeat itself), and a fresh one repeats exactly.
+        sampler, plan["points"] = self._sampler(plan["space"], len(study.get_trials(deepcopy=False)))
+        study = optuna.load_study(study_name=plan["study"], storage=store, sampler=sampler)
         spec = {"space": search.describe(plan["space"]), "objectives": [list(o) for o in plan["objectives"]],
                 "per": plan["per"], "fixed": plan["fixed"]}
         known = study.user_attrs.get("ablate")
@@ -141,11 +144,12 @@ class OptunaSweeper(Sweeper):
                   "hydra.sweeper.study_name=NAME")
         return study, store
 
-    def _sampler(self, space: dict):
+    def _sampler(self, space: dict, offset: int):
         from hydra.utils import instantiate
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-        sampler = instantiate(self.sampler_cfg)
+        seed = self.sampler_cfg.get("seed")
+        sampler = instantiate(self.sampler_cfg, **({"seed": seed + offset} if seed is not None else {}))
         if not isinstance(sampler, functools.partial):
             return sampler, math.inf
         grid = {}  # GridSampler: a partial, completed with the grid of the (discrete) space
