@@ -47,3 +47,24 @@ def test_default_sweep_end_to_end(tmp_path):
     # the four directions for sdpo, each measured (whatever this toy model shows)
     assert [(c[0], c[1][:3]) for c in cells] == [("sdpo", f"({d})") for d in (1, 2, 3, 4)]
     assert all(c[-1] in ("holds", "opposite", "not significant") for c in cells)
+
+
+def test_dose_sweep_lands_its_figure_in_the_report(tmp_path):
+    db = f"sqlite:///{tmp_path / 'dose.sqlite'}"
+    small = [o for o in SMALL if not o.startswith("eval.suites.")]
+    small += [f"eval.suites.carry_{d}.n=3" for d in ("00", "33", "67", "100")]
+    swept = _run(tmp_path, "ablate", "-m", "grid=dose", "seed=0,1", f"db.url={db}", *small)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    runs = sqlite3.connect(tmp_path / "dose.sqlite").execute(
+        "select objective, coverage, status from runs where kind = 'cell'").fetchall()
+    assert sorted(runs) == [("grpo", "seen_512", "completed")] * 2 + [("sdpo", "seen_512", "completed")] * 2
+    reported = _run(tmp_path, "ablate.report", "--db", db, "--out", str(tmp_path / "reports"))
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    path = reported.stdout.strip().splitlines()[-1]
+    html = open(path, encoding="utf-8").read()
+    assert 'id="fig-dose"' in html and 'id="dose"' in html
+    table = html[html.index('id="dose"'):]
+    rows = re.findall(r"<tr>(.*?)</tr>", table[:table.index("</table>")], re.S)[1:]
+    sets = [re.sub(r"<[^>]+>", "", re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)[2]).strip() for r in rows]
+    assert sets == ["carry_00", "carry_33", "carry_67", "carry_100", "trend"]
+    assert os.path.isfile(path.replace(".html", "-dose.png"))

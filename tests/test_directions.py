@@ -80,3 +80,37 @@ def test_verdict_rule():
     assert directions.verdict(-0.1, 0.1, -1) == "not significant"
     assert directions.verdict(0.25, 0.1, -1) == "opposite"
     assert directions.verdict(math.nan, 0.1, -1) == "not measured"
+
+
+def _dose_runs():
+    runs, rid = [], 0
+    suites = {f"carry_{int(100 * c)}": {"kind": "world", "carry": c} for c in (0.0, 0.5, 1.0)}
+    for objective, source, richness, content in (("sdpo", "sibling", "high", "solution"), ("grpo", None, "-", "none")):
+        for seed in range(2):
+            rid += 1
+            cfg = {**_config(source, content, None), "eval": {"suites": suites}}
+            runs.append({"run_id": rid, "model": "m", "objective": objective, "richness": richness,
+                         "coverage": "broad", "config": cfg})
+    return pd.DataFrame(runs)
+
+
+def test_dose_gives_direction_4_per_knob_level_and_a_trend():
+    runs = _dose_runs()
+    out = []
+    for r in runs.itertuples():
+        for carry in (0.0, 0.5, 1.0):
+            for i in range(40):  # sdpo loses more the more hard moves an OOD problem has; grpo stays at 0.6
+                drop = 0.3 * carry if r.objective == "sdpo" else 0.0
+                out.append({"run_id": r.run_id, "eval_set": f"carry_{int(100 * carry)}",
+                            "correct": 0.6 - drop + 0.02 * ((i % 5) - 2), "length": 10, "markers": 1,
+                            "correct_b": 0.6})
+        out.append({"run_id": r.run_id, "eval_set": "in_domain", "correct": 1.0, "length": 1, "markers": 0,
+                    "correct_b": 0.5})  # no knob: not on the curve
+    found = directions.dose(pd.DataFrame(out), runs)
+    points = found[found.eval_set != "trend"]
+    assert list(points.knob) == [0.0, 0.5, 1.0] and set(points.baseline) == {"grpo"}
+    assert points.estimate.tolist() == pytest.approx([0.0, -0.15, -0.3])
+    assert list(points.verdict) == ["not significant", "holds", "holds"]
+    trend = found[found.eval_set == "trend"].iloc[0]
+    assert trend.estimate == pytest.approx(-0.3) and trend.verdict == "holds"
+    assert directions.dose(pd.DataFrame(out), runs, knob="no_such_knob").empty

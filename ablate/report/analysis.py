@@ -308,6 +308,7 @@ class Analysis:
     compared: pd.DataFrame | None
     eval_sets: list[str]
     directions: pd.DataFrame
+    dose: pd.DataFrame      # direction 4 against the world's dose knob (directions.dose)
     panel_keys: list[str]
     total_runs: int
 
@@ -325,7 +326,8 @@ def analyse_runs(data: Data, sel: Selection) -> Analysis:
                     cells=empty, base=empty, words=marker_words(picked, data.trained, data.metrics, panel),
                     steps=data.steps.merge(picked[["run_id", *sel.split, *AXES, "seed"]], on="run_id"),
                     compared=None, eval_sets=[], panel_keys=panel, total_runs=data.total_runs,
-                    directions=directions.check(pd.DataFrame(), pd.DataFrame()))
+                    directions=directions.check(pd.DataFrame(), pd.DataFrame()),
+                    dose=directions.dose(pd.DataFrame(), pd.DataFrame()))
 
 
 def with_samples(a: Analysis, data: Data) -> Analysis:
@@ -342,7 +344,8 @@ def with_samples(a: Analysis, data: Data) -> Analysis:
     return replace(a, cells=cells, base=base,
                    compared=compare(cells, *a.sel.compare) if a.sel.compare and not cells.empty else None,
                    eval_sets=sorted(map(str, paired.eval_set.unique())),
-                   directions=directions.check(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked))
+                   directions=directions.check(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked),
+                   dose=directions.dose(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked))
 
 
 def browser_cells(a: Analysis, trained: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

@@ -167,6 +167,28 @@ def fig_marker_words(a: Analysis):
     return fig
 
 
+def fig_dose(a: Analysis):
+    """Direction 4 against the dose knob: one panel per self-distillation objective x baseline, one line per model
+    (the testbed beside its control), bars ± se."""
+    d = a.dose[a.dose.eval_set != "trend"]
+    if d.empty:
+        return None
+    panels = _panels(d, ["objective", "baseline"])
+    colors = _palette(sorted(d.model.unique()))
+    fig, axes = _subplots(1, len(panels), 4.2, 3.2)
+    for ax, (_, p) in zip(axes[0], panels.iterrows()):
+        mine = d[(d.objective == p.objective) & (d.baseline == p.baseline)]
+        for model, line in mine.groupby("model"):
+            ax.errorbar(line.knob, line.estimate, yerr=line.se.fillna(0), marker="o", ms=4, capsize=2, lw=1.2,
+                        color=colors[model], label=model)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set(xlabel="dose: chance a move is hard (world carry)",
+               ylabel=f"OOD accuracy, {p.objective} − {p.baseline}" if ax is axes[0, 0] else "")
+        ax.set_title(f"direction 4 · {p.objective} − {p.baseline}", fontsize=9)
+    axes[0, -1].legend(title="model", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, frameon=False)
+    return fig
+
+
 @dataclass(frozen=True)
 class Plot:
     name: str
@@ -189,6 +211,10 @@ FIGURES = [
     Plot("richness", "Richness effect per coverage level",
          "Change from the starting model (trained − base) by richness, one line per coverage level, bars ± se.",
          fig_richness, samples=True),
+    Plot("dose", "Direction 4 against the dose",
+         "Out-of-domain accuracy of self-distillation minus the teacherless baseline at the broadest coverage, per "
+         "eval suite by its share of hard moves (the world's carry knob), one line per model; bars ± se. The rule "
+         "fixed in advance is in the table 'Direction 4 against the dose'.", fig_dose, samples=True),
     Plot("marker_words", "Which marker words disappear",
          "Each marker word per response: the starting model and the trained models by richness (mean over runs).",
          fig_marker_words, samples=False),

@@ -214,7 +214,7 @@ def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataF
     return ENV.get_template("report.html.j2").render(
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__, db=db_label,
         selection=a.sel.describe(), total_runs=a.total_runs, h=_header(a) if len(a.runs) else None,
-        directions=a.directions.to_dict("records"), figures=figs, figure_panels=figure_panels,
+        directions=a.directions.to_dict("records"), dose=a.dose.to_dict("records"), figures=figs, figure_panels=figure_panels,
         n_panels=len(a.picked[a.panel_keys].drop_duplicates()), panels=_panels(a), compared=_compared(a),
         compare_a=a.sel.compare[0] if a.sel.compare else "", compare_b=a.sel.compare[1] if a.sel.compare else "",
         browser=browser, browser_shown=sum(len(p["cells"]) for p in browser),
