@@ -4,6 +4,8 @@ with the same recipe is used instead of building."""
 import hashlib
 import json
 
+import pytest
+
 from ablate import models
 from tests.test_world import _testbed_cfg
 
@@ -48,3 +50,16 @@ def test_a_shipped_artifact_is_copied_not_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_build", lambda *a: (_ for _ in ()).throw(AssertionError("built, not copied")))
     used = models.build_tiny(build, str(tmp_path / "user"), name="testbed")
     assert used != made and _weights(used) == _weights(made)
+
+
+@pytest.mark.slow
+def test_the_shipped_testbed_model_is_what_its_recipe_builds_here(tmp_path, monkeypatch):
+    """On the machine that made it (same CPU model, same torch), `ablate build`'s recipe gives the shipped
+    weights bit for bit; elsewhere the floats may differ, which is why the weights are shipped (about 5 minutes)."""
+    (shipped,) = [p for p in models.ARTIFACTS.glob("testbed-*") if p.is_dir()]
+    recipe = json.loads((shipped / models.RECIPE).read_text())
+    if recipe["cpu"] != models._cpu() or recipe["torch"] != models.torch.__version__:
+        pytest.skip(f"built on {recipe['cpu']} with torch {recipe['torch']}: bit-identity holds only there")
+    monkeypatch.setattr(models, "ARTIFACTS", tmp_path / "none")
+    built = models.build_tiny(recipe["build"], str(tmp_path), name=recipe["name"])
+    assert built.name == shipped.name and _weights(built) == _weights(shipped)
