@@ -88,7 +88,7 @@ def test_objectives_without_a_teacher_record_no_richness(monkeypatch):
     from ablate import cell, record
 
     seen = []
-    monkeypatch.setattr(cell, "execute", lambda resolved, sweep, body: seen.append(
+    monkeypatch.setattr(cell, "execute", lambda resolved, sweep, body, kind="cell": seen.append(
         (resolved["richness"]["name"], resolved["objective"]["name"], record.config_hash(resolved))))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for objective in ("grpo", "sft_unguided", "sdpo"):
