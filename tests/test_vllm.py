@@ -177,6 +177,30 @@ def test_probe_rounds_share_the_engine(fast_cfg, tmp_path, tiny):
     assert stages == ["probe_screen", "probe_round_0", "probe_round_1", "probe_round_2"]
 
 
+@needs_vllm
+def test_a_lora_model_is_pushed_merged(fast_cfg, tiny):
+    """model.lora: the engine holds the merged weights (greedy texts equal generate's on the peft model), and the
+    adapter is unmerged again afterwards."""
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, get_peft_model
+
+    from ablate import evaluate, models
+
+    cfg = OmegaConf.to_container(fast_cfg(*tiny), resolve=True)
+    model, tokenizer = models.load(models.resolve_path(cfg["model"], cfg["cache_dir"]))
+    peft = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:  # a trained-looking adapter (lora_B starts at zero)
+                p.normal_(0, 0.5)
+    ev, prompts = cfg["eval"], [f"{i}+{i}=" for i in range(8)]
+    hf = _generate("hf", peft, tokenizer, prompts, ev, 0.0)
+    assert _generate("vllm", peft, tokenizer, prompts, ev, 0.0) == hf
+    assert _generate("hf", peft, tokenizer, prompts, ev, 0.0) == hf  # unmerged: the same model as before
+    with peft.disable_adapter():
+        assert _generate("hf", peft, tokenizer, prompts, ev, 0.0) != hf
+
+
 def _step_names(db) -> set[str]:
     return {r[0] for r in _rows(db, "select distinct name from train_steps")}
 
