@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
+import signal
 import threading
+from contextlib import contextmanager
 
 # Set when the process is asked to stop (SIGTERM/SIGINT, see __main__). The handler also raises
 # KeyboardInterrupt, but Python drops exceptions raised inside GC callbacks, so long loops check this too.
@@ -19,3 +21,28 @@ def check_stop() -> None:
     """Raise KeyboardInterrupt if a stop was requested (a signal whose exception may have been swallowed)."""
     if STOP.is_set():
         raise KeyboardInterrupt(_reason[0])
+
+
+_deferring = [0]
+
+
+def on_signal(signum, _frame) -> None:
+    """SIGTERM (a scheduler) and SIGINT (Ctrl-C): set STOP and raise KeyboardInterrupt, so that the running cell is
+    recorded as interrupted and the sweep stops; inside `stop_deferred()` only set STOP (raised on leaving it)."""
+    reason = f"signal {signal.Signals(signum).name}"
+    request_stop(reason)
+    if not _deferring[0]:
+        raise KeyboardInterrupt(reason)
+
+
+@contextmanager
+def stop_deferred(check: bool = True):
+    """A stop requested inside is raised on leaving (with `check`): a row written here must get back its id to be
+    recorded (a signal between the INSERT and the return left a cell 'running' forever)."""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    if check:
+        check_stop()

@@ -12,6 +12,7 @@ hydra.verbose=... or PYTHONWARNINGS shows them.
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ablate import request_stop
+from ablate import on_signal
 
 # A source checkout reads ./conf; an installed wheel ships it as the package ablate.conf.
 _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -48,6 +49,11 @@ def quiet(verbose: bool) -> None:
 def _launch(run, cfg: DictConfig) -> str:
     from ablate.validate import ConfigError
 
+    if threading.current_thread() is threading.main_thread():
+        # Again in the cell's own process: a submitit job (hydra/launcher=slurm or local) runs this function, not
+        # main(), and submitit ignores SIGTERM, so scancel and pre-emption would not stop the cell.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
@@ -85,17 +91,9 @@ def _build(cfg: DictConfig) -> str:
     return _launch(build.run, cfg)
 
 
-def _stop(signum, _frame):
-    # SIGTERM (a scheduler) and SIGINT (Ctrl-C) become a KeyboardInterrupt: the running cell is recorded as
-    # interrupted and the sweep stops. The flag catches the case where Python swallows the exception.
-    reason = f"signal {signal.Signals(signum).name}"
-    request_stop(reason)
-    raise KeyboardInterrupt(reason)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, on_signal)  # a KeyboardInterrupt: the running cell is recorded as interrupted
+    signal.signal(signal.SIGINT, on_signal)
     verbose = any(a in VERBOSE_FLAGS for a in sys.argv[1:])
     sys.argv[1:] = [a for a in sys.argv[1:] if a not in VERBOSE_FLAGS]
     quiet(verbose or os.environ.get("ABLATE_LOG", "").lower() in ("debug", "info")

@@ -18,22 +18,16 @@ import warnings
 from pathlib import Path
 
 
-def _stop(signum, _frame):
-    # The launcher stops the ranks with SIGTERM: stop at the next check (see ablate.check_stop) as a cell would.
-    from ablate import request_stop
-
-    reason = f"signal {signal.Signals(signum).name}"
-    request_stop(reason)
-    raise KeyboardInterrupt(reason)
-
-
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     rank = int(os.environ.get("RANK", 0))
     if rank:
         os.environ["TQDM_DISABLE"] = "1"  # one progress bar per cell (rank 0's); read when tqdm is imported
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    from ablate import on_signal
+
+    # The launcher stops the ranks with SIGTERM: stop at the next check (see ablate.check_stop) as a cell would.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     warnings.resetwarnings()  # the launching process's filters, in its order: the same warnings shown or hidden
     for action, message, category, module, lineno in reversed(spec["warnings"]):
         where, _, name = category.partition(":")

@@ -1,7 +1,6 @@
 """Launchers (conf/hydra/launcher, docs/cluster.md), each run for real as `python -m ablate -m ...` on tiny cells:
 parallel (joblib) and local (submitit) on SQLite, slurm (submitit) on a one-node SLURM cluster with PostgreSQL."""
 
-import os
 import re
 import subprocess
 import sys
@@ -127,8 +126,6 @@ def _wait(what: str, check, timeout: float = 180.0):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# slow: failed in a .ci/run on a machine at load 8-10 (the run stayed "running"); run with -m slow
-@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_slurm_scancel_records_interrupted_and_rerun_completes_only_that_cell(cache, slurm_cluster, db_url, tmp_path):
     steps = 60  # long enough to catch cell 0 mid-training (4-9 steps/s here), short enough to rerun
