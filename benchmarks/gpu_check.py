@@ -11,7 +11,6 @@ the SmolLM2 wheel):
 It ends with PASS or exits non-zero naming the check that failed.
 """
 
-import os
 import sqlite3
 import sys
 import tempfile

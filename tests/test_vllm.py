@@ -184,7 +184,7 @@ def test_a_lora_model_is_pushed_merged(fast_cfg, tiny):
     from omegaconf import OmegaConf
     from peft import LoraConfig, get_peft_model
 
-    from ablate import evaluate, models
+    from ablate import models
 
     cfg = OmegaConf.to_container(fast_cfg(*tiny), resolve=True)
     model, tokenizer = models.load(models.resolve_path(cfg["model"], cfg["cache_dir"]))

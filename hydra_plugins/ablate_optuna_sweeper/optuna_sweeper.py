@@ -165,7 +165,6 @@ class OptunaSweeper(Sweeper):
         return sampler(grid), math.prod(len(v) for v in grid.values())  # each point once
 
     def _run(self, plan: dict, eng) -> dict:
-        import optuna
         from optuna.trial import TrialState
 
         from ablate import search
