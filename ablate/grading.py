@@ -7,9 +7,11 @@ longer than SECONDS, or that math-verify fails on, is graded wrong.
 """
 
 import ctypes
+import functools
 import math
 import re
 import threading
+import time
 
 import math_verify.grader
 import math_verify.parser
@@ -30,25 +32,53 @@ class GradingTimeout(BaseException):
     TimeoutException), so that no handler inside math-verify or sympy swallows it."""
 
 
+class _Watchdog:
+    """One daemon thread that raises GradingTimeout into threads whose grading is past its deadline (starting a
+    thread per graded answer cost about 150 us, more than math-verify on a short answer)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.deadlines: dict[int, float] = {}  # thread ident -> monotonic deadline of the grading it is in
+        self.thread: threading.Thread | None = None
+
+    def run(self):
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for ident, deadline in list(self.deadlines.items()):
+                    if deadline <= now:
+                        del self.deadlines[ident]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                                   ctypes.py_object(GradingTimeout))
+                nearest = min(self.deadlines.values(), default=None)
+                self.cond.wait(None if nearest is None else max(nearest - now, 0.0))
+
+    def start(self, ident: int, seconds: float) -> None:
+        with self.cond:
+            if self.thread is None or not self.thread.is_alive():  # also after a fork
+                self.thread = threading.Thread(target=self.run, daemon=True, name="grading-deadline")
+                self.thread.start()
+            self.deadlines[ident] = time.monotonic() + seconds
+            self.cond.notify()
+
+    def stop(self, ident: int) -> None:
+        with self.cond:
+            self.deadlines.pop(ident, None)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)  # one raised too late is dropped
+
+
+_WATCHDOG = _Watchdog()
+
+
 def _within(seconds: float, fn, *args):
     """fn(*args) in this thread, interrupted with GradingTimeout after `seconds`: what SIGALRM does for
     math-verify on the main thread, for any thread. Like SIGALRM, it cannot stop a single long C call."""
-    thread = ctypes.c_ulong(threading.get_ident())
-    done, lock = threading.Event(), threading.Lock()
-
-    def watch():
-        if not done.wait(seconds):
-            with lock:
-                if not done.is_set():
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, ctypes.py_object(GradingTimeout))
-
-    threading.Thread(target=watch, daemon=True, name="grading-deadline").start()
+    ident = threading.get_ident()
+    _WATCHDOG.start(ident, seconds)
     try:
         return fn(*args)
     finally:
-        with lock:
-            done.set()
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)  # one raised too late to land is dropped
+        _WATCHDOG.stop(ident)
 
 
 def last_boxed(text: str) -> str | None:
@@ -146,14 +176,19 @@ def _too_large(parsed: list) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(text: str) -> tuple:
+    """A gold answer is graded against k samples: parsed once (sympy expressions are immutable)."""
+    return tuple(parse(text, extraction_config=_BOXED, parsing_timeout=None))
+
+
 def _math_equal(boxed: str, gold: str) -> bool:
     # The gold as a boxed answer (one already boxed as is): math-verify then applies its normalisation of
     # currency, units and \\text{} to it; a gold inside $...$ loses the dollars first.
     text = gold.strip()
     if len(text) > 1 and text.startswith("$") and text.endswith("$") and not text.endswith("\\$"):
         text = text[1:-1]
-    gold_parsed = parse(text if "\\boxed" in text else f"\\boxed{{{text}}}", extraction_config=_BOXED,
-                        parsing_timeout=None)
+    gold_parsed = list(_parse_gold(text if "\\boxed" in text else f"\\boxed{{{text}}}"))
     pred = parse(f"\\boxed{{{boxed}}}", extraction_config=_BOXED, parsing_timeout=None)
     if not gold_parsed or not pred or _too_large(gold_parsed) or _too_large(pred):
         return _normalize(boxed) == _normalize(gold)

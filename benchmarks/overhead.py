@@ -1,6 +1,7 @@
 """What ablate costs on top of TRL and generate: `python benchmarks/overhead.py [--repeats 3] [overrides...]`.
 
-Pairs, run A B A B ... in one process and reported as medians and ratios (these machines are noisy):
+Pairs, run A B A B ... in one process and reported as medians, their ratio, and the mean of the paired differences
+A - B as a share of B with its standard error (these machines are noisy: single runs vary by 10-20%):
   training    ablate's train.train on the default cell (SDPO, 20 steps) vs a plain script that builds TRL's
               SDPOTrainer by hand with the same model, rows, config values, seed and threads;
   evaluation  ablate.evaluate.evaluate on the cell's eval sets vs one batched model.generate per set over the same
@@ -59,6 +60,12 @@ def plain_trl(cfg: dict, path, tokenizer, problems, out: str) -> float:
     from ablate.grading import reward
 
     _, kwargs = train.trainer_args(cfg, out)  # the same config values, read once, then TRL alone
+    # ablate builds the teacher prompt itself (teacher.template, cut by richness) and passes TRL bare templates;
+    # here TRL's own default templates build it, which for richness=high (the whole successful sibling) is the
+    # paper's template, character for character: the same teacher prompts, so the same compute.
+    if cfg["richness"]["content"] != "solution" or cfg["richness"]["source"] != "sibling":
+        sys.exit("overhead.py compares the default cell (richness=high, a sibling's whole solution) only")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("solution_template", "feedback_template")}
     rows = [{"prompt": p.messages(), "answer": p.answer, "grader": p.grader} for p in problems]
     trainer = SDPOTrainer(model=str(path), args=SDPOConfig(**kwargs), reward_funcs=[reward],
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -93,9 +100,14 @@ def pair(name: str, a, b, repeats: int, rows: list) -> None:
         times["A"].append(a())
         times["B"].append(b())
     ma, mb = statistics.median(times["A"]), statistics.median(times["B"])
-    rows.append((name, ma, mb, ma / mb))
+    diffs = [a - b for a, b in zip(times["A"], times["B"])]  # paired: A and B ran back to back
+    mean_b = statistics.mean(times["B"])
+    paired = (statistics.mean(diffs) / mean_b, statistics.stdev(diffs) / len(diffs) ** 0.5 / mean_b) \
+        if repeats > 1 else (ma / mb - 1, float("nan"))
+    rows.append((name, ma, mb, ma / mb, paired))
     print(f"  {name}: A {', '.join(f'{t:.2f}' for t in times['A'])} s | B {', '.join(f'{t:.2f}' for t in times['B'])} s"
-          f" -> medians {ma:.2f} / {mb:.2f} = {ma / mb:.3f}x", flush=True)
+          f" -> medians {ma:.2f} / {mb:.2f} = {ma / mb:.3f}x; paired A - B = {100 * paired[0]:+.1f}% "
+          f"± {100 * paired[1]:.1f}% of B (mean ± se)", flush=True)
 
 
 def record_once(url: str, result: dict, steps: list) -> float:
@@ -168,9 +180,9 @@ def main() -> None:
         t, _ = timed(lambda: cell.summary(eng, run_id))
         phases["summary"] = t
     total = sum(v for k, v in phases.items() if "postgres" not in k)
-    print(f"\n{'pair':<18}{'A (s)':>9}{'B (s)':>9}{'A/B':>8}")
-    for name, a, b, ratio in rows:
-        print(f"{name:<18}{a:>9.2f}{b:>9.2f}{ratio:>8.3f}")
+    print(f"\n{'pair':<18}{'A (s)':>9}{'B (s)':>9}{'A/B':>8}   paired A - B, % of B (mean ± se)")
+    for name, a, b, ratio, (d, se) in rows:
+        print(f"{name:<18}{a:>9.2f}{b:>9.2f}{ratio:>8.3f}   {100 * d:+.1f} ± {100 * se:.1f}")
     print(f"\none cell's phases (total {total:.1f} s; the base evaluation runs once per model and eval settings):")
     for name, t in phases.items():
         print(f"  {name:<52}{t:>8.2f} s {100 * t / total:>5.1f}%")
