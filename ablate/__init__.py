@@ -35,14 +35,18 @@ def on_signal(signum, _frame) -> None:
         raise KeyboardInterrupt(reason)
 
 
+def handle_stop_signals() -> None:
+    """SIGTERM and SIGINT call `on_signal` in this process (only its main thread may install handlers)."""
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 @contextmanager
-def stop_deferred(check: bool = True):
-    """A stop requested inside is raised on leaving (with `check`): a row written here must get back its id to be
-    recorded (a signal between the INSERT and the return left a cell 'running' forever)."""
+def stop_deferred():
+    """A stop requested inside only sets STOP (the caller checks it after): a row written here must get back its
+    id to be recorded (a signal between the INSERT and the return left a cell 'running' forever)."""
     _deferring[0] += 1
     try:
         yield
     finally:
         _deferring[0] -= 1
-    if check:
-        check_stop()

@@ -10,7 +10,6 @@ hydra.verbose=... or PYTHONWARNINGS shows them.
 """
 
 import os
-import signal
 import sys
 import threading
 import warnings
@@ -21,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ablate import on_signal
+from ablate import handle_stop_signals
 
 # A source checkout reads ./conf; an installed wheel ships it as the package ablate.conf.
 _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -52,8 +51,7 @@ def _launch(run, cfg: DictConfig) -> str:
     if threading.current_thread() is threading.main_thread():
         # Again in the cell's own process: a submitit job (hydra/launcher=slurm or local) runs this function, not
         # main(), and submitit ignores SIGTERM, so scancel and pre-emption would not stop the cell.
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        handle_stop_signals()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = Path(hc.sweep.dir if multirun else hc.run.dir).as_posix()
@@ -92,8 +90,7 @@ def _build(cfg: DictConfig) -> str:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, on_signal)  # a KeyboardInterrupt: the running cell is recorded as interrupted
-    signal.signal(signal.SIGINT, on_signal)
+    handle_stop_signals()  # a KeyboardInterrupt: the running cell is recorded as interrupted
     verbose = any(a in VERBOSE_FLAGS for a in sys.argv[1:])
     sys.argv[1:] = [a for a in sys.argv[1:] if a not in VERBOSE_FLAGS]
     quiet(verbose or os.environ.get("ABLATE_LOG", "").lower() in ("debug", "info")

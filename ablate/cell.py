@@ -77,26 +77,22 @@ def execute(resolved: dict, sweep: str, body, kind: str = "cell") -> str:
             same = " (richness does not apply to it: one run stands for every level)" if axes["richness"] == "-" else ""
             print(f"ablate: skip {label}: {found[0]} as run {found[1]}{same} (force=true reruns it)")
             return "skipped"
-    run_id = None
+    with stop_deferred():  # a signal now would leave the row 'running' with nobody holding its id
+        run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved, seed=resolved["seed"],
+                                  axes=axes, kind=kind)
     try:
-        with stop_deferred():  # a signal now would leave the row 'running' with nobody holding its id
-            run_id = record.start_run(eng, sweep=resolved.get("sweep") or sweep, config=resolved,
-                                      seed=resolved["seed"], axes=axes, kind=kind)
+        check_stop()  # a signal that came while the row was written
         with record.Heartbeat(eng, run_id, db["heartbeat_seconds"]):
             body(eng, run_id)
         return "completed"
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see __main__): record, then stop the whole sweep
-        if run_id is None:
-            raise
-        with stop_deferred(check=False):  # a second signal must not stop the recording of the first
+        with stop_deferred():  # a second signal must not stop the recording of the first
             record.end_run(eng, run_id, "interrupted", f"interrupted ({err or 'SIGINT'})\n" + traceback.format_exc())
         print(f"ablate: run {run_id} interrupted ({label})", file=sys.stderr)
         raise SystemExit(130) from err
     except Exception as err:  # one failing cell must not stop a sweep: record it and move on
-        if run_id is None:
-            raise
         status = getattr(err, "run_status", "failed")  # a search trial its pruner stopped: 'pruned' (ablate/search.py)
-        with stop_deferred(check=False):  # a stop asked for now: the next cell does not start (check_stop above)
+        with stop_deferred():  # a stop asked for now: the next cell does not start (check_stop above)
             record.end_run(eng, run_id, status, _one_line(err) + "\n" + traceback.format_exc())
         print(f"ablate: run {run_id} {status}: {_one_line(err)}", file=sys.stderr)
         return status

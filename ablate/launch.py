@@ -10,7 +10,6 @@ the launcher then stops the other ranks, so nothing waits forever.
 import importlib
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -23,11 +22,9 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", 0))
     if rank:
         os.environ["TQDM_DISABLE"] = "1"  # one progress bar per cell (rank 0's); read when tqdm is imported
-    from ablate import on_signal
+    from ablate import handle_stop_signals
 
-    # The launcher stops the ranks with SIGTERM: stop at the next check (see ablate.check_stop) as a cell would.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    handle_stop_signals()  # the launcher stops the ranks with SIGTERM: stop as a cell would
     warnings.resetwarnings()  # the launching process's filters, in its order: the same warnings shown or hidden
     for action, message, category, module, lineno in reversed(spec["warnings"]):
         where, _, name = category.partition(":")
