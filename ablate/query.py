@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, select, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ablate import metrics, record
@@ -89,6 +89,67 @@ def _where(filters: dict[str, str], alias: str = "") -> tuple[str, dict]:
         clauses.append(f"{alias}{key} IN ({', '.join(':' + n for n in names)})")
         params.update({n: int(v) if key == "seed" else v for n, v in zip(names, values)})
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+_PLURAL = {"richness": "richness levels", "coverage": "coverage levels", "status": "statuses"}
+_SHOWN = 20  # existing values listed in an error
+
+
+def _values(key: str, values) -> str:
+    return f"{key} " + " or ".join(map(repr, values))
+
+
+def _started(since, until) -> str:
+    return " and ".join([*([f"on or after {since:%Y-%m-%d %H:%M}"] if since else []),
+                         *([f"before {until:%Y-%m-%d %H:%M}"] if until else [])])
+
+
+def _existing(runs: pd.DataFrame, key: str) -> str:
+    """What `runs` hold for a filter key: its values, or the span of start times."""
+    if key == "started":
+        when = pd.to_datetime(runs.started_at).dropna()
+        return f"started {when.min():%Y-%m-%d %H:%M} to {when.max():%Y-%m-%d %H:%M}" if len(when) else "no start times"
+    values = sorted(map(str, runs[key].dropna().unique()))
+    more = f" ... ({len(values)} in all)" if len(values) > _SHOWN else ""
+    return f"{_PLURAL.get(key, key + 's')}: {', '.join(values[:_SHOWN]) or 'none'}{more}"
+
+
+def no_match(eng: Engine, label: str, filters: dict[str, list], since=None, until=None,
+             kinds: tuple[str, ...] | None = None) -> str | None:
+    """None when some run of `kinds` (all when None) matches `filters` (key -> accepted values) and the start range
+    [since, until); else one line saying which filter emptied the selection and what the database holds instead."""
+    run = record.Run.__table__
+    with eng.connect() as conn:
+        result = conn.execute(select(*(run.c[k] for k in FILTERS), run.c.started_at))
+        runs = pd.DataFrame(list(map(tuple, result)), columns=list(result.keys()))
+    if runs.empty:
+        return f"no runs in {label}; run a sweep first"
+    if kinds is not None:
+        others = runs
+        runs = runs[runs.kind.isin(kinds)]
+        if runs.empty:
+            return f"no {'/'.join(kinds)} runs in {label} ({_existing(others, 'kind')}); run a sweep first"
+    tests = [(key, _values(key, values), runs[key].astype(str).isin([str(v) for v in values]))
+             for key, values in filters.items() if values]
+    if since or until:  # last: the filters before it are said as "with ..."
+        when = pd.to_datetime(runs.started_at)
+        tests.append(("started", _started(since, until),
+                      (when >= since if since else True) & (when < until if until else True)))
+    phrase = {key: "started " + what if key == "started" else "with " + what for key, what, _ in tests}
+    alone = [(phrase[key], ("runs " if key == "started" else "") + _existing(runs, key))
+             for key, _, mask in tests if not mask.any()]
+    if len(alone) == 1:
+        return f"no runs {alone[0][0]}; {alone[0][1]}"
+    if alone:
+        return "no runs " + " nor ".join(f"{what} ({held})" for what, held in alone)
+    kept, context = pd.Series(True, index=runs.index), []
+    for key, what, mask in tests:  # each matches alone: the first that empties the ones before it
+        if not (kept & mask).any():
+            held = ("they " if key == "started" else "their ") + _existing(runs[kept], key)
+            return f"no runs {phrase[key]} among those with {', '.join(context)}; {held}"
+        kept &= mask
+        context.append(what)
+    return None
 
 
 def read(eng: Engine, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -183,6 +244,14 @@ def export(eng: Engine, out: Path, fmt: str, filters: dict[str, str]) -> list[Pa
     return written
 
 
+def _label(url: str) -> str:
+    """The database for a message, its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def _show(df: pd.DataFrame) -> None:
     with pd.option_context("display.max_rows", 200, "display.max_columns", 30, "display.width", 200):
         print(df.to_string(index=False) if df.index.name is None and df.columns.name is None else df.round(4))
@@ -221,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = parse_filters([*getattr(args, "filters", []), *extra])
         eng = reader(args.db)
+        if args.command in ("runs", "pivot", "export"):  # an empty selection is an error, before anything is written
+            chosen = {key: value.split(",") for key, value in filters.items()}
+            if args.command == "pivot":
+                chosen.setdefault("status", ["completed"])  # pivot averages completed runs only
+            problem = no_match(eng, _label(args.db), chosen)
+            if problem:
+                raise QueryError(problem)
         if args.command == "sweeps":
             _show(sweeps(eng))
         elif args.command == "runs":

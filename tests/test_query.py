@@ -2,6 +2,7 @@
 
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,11 @@ def test_runs_filters_and_pivot(db_url):
     assert delta.loc["low", "seen_8x8"] == pytest.approx(0.1)
     sweeps = query.sweeps(eng)
     assert sweeps.loc[0, "completed"] == 3 and sweeps.loc[0, "failed"] == 1
+    # an empty selection's reason, on this backend too (start times compared in pandas)
+    assert query.no_match(eng, "db", {"model": ["tiny"], "richness": ["high"]}, since=datetime(2000, 1, 1)) is None
+    assert query.no_match(eng, "db", {"model": ["x"]}) == "no runs with model 'x'; models: tiny"
+    assert query.no_match(eng, "db", {"seed": ["9"]}, until=datetime(2000, 1, 1)).startswith(
+        "no runs started before 2000-01-01 00:00; runs started 20")
 
 
 def test_cli_filters_before_or_after_options(tmp_path, capsys):
@@ -96,6 +102,39 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert garbage.read_bytes() == b"\x00junk" * 1000
     with record.engine(f"sqlite:///{tmp_path / 'db.sqlite'}").connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 4
+
+
+def test_a_selection_that_matches_nothing_says_what_exists(tmp_path, capsys):
+    """runs, pivot and export with filters that match no run: exit 2, one line naming the filter asked for and
+    what the database holds, no file written, the database unchanged."""
+    empty, path = tmp_path / "empty.sqlite", tmp_path / "db.sqlite"
+    record.upgrade(f"sqlite:///{empty}")
+    _fill(f"sqlite:///{path}").dispose()
+    url, out = f"sqlite:///{path}", tmp_path / "out"
+    before = path.read_bytes()
+    cases = [(["runs", "model=nosuch"], "no runs with model 'nosuch'; models: tiny"),
+             (["runs", "sweep=nope,other", "richness=high"], "no runs with sweep 'nope' or 'other'; sweeps: sw"),
+             (["runs", "seed=5", "objective=grpo"],
+              "no runs with seed '5' (seeds: 0, 1, 2, 9) nor with objective 'grpo' (objectives: sdpo)"),
+             (["runs", "richness=none", "status=completed"],
+              "no runs with status 'completed' among those with richness 'none'; their statuses: failed"),
+             (["pivot", "accuracy", "model=nosuch"], "no runs with model 'nosuch'; models: tiny"),
+             (["pivot", "accuracy", "richness=none"],  # pivot averages completed runs
+              "no runs with status 'completed' among those with richness 'none'; their statuses: failed"),
+             (["export", str(out), "sweep=nope"], "no runs with sweep 'nope'; sweeps: sw"),
+             (["runs", "kind=probe"], "no runs with kind 'probe'; kinds: cell")]
+    for argv, message in cases:
+        assert query.main(["--db", url, *argv]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0] == f"ablate query: {message}" and not captured.out, (argv, captured)
+    assert not out.exists()
+    for argv in (["runs"], ["pivot", "accuracy"], ["export", str(out)]):
+        assert query.main(["--db", f"sqlite:///{empty}", *argv]) == 2
+        assert capsys.readouterr().err == f"ablate query: no runs in sqlite:///{empty}; run a sweep first\n"
+    assert not out.exists()
+    assert path.read_bytes() == before
+    assert query._label("postgresql+psycopg://user:hunter2@host/db") == "postgresql+psycopg://user:***@host/db"
 
 
 def test_newer_schema_refused(db_url):

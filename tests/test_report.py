@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
+from sqlalchemy import text as sql_text
 
-from ablate import metrics, record, report
+from ablate import metrics, record, report, stats
 from ablate.query import reader
 from ablate.report import figures
 
@@ -109,40 +110,49 @@ def test_cell_statistics_match_hand_computed_values(db_url, tmp_path):
     sel = report.Selection()
     a = report.analyse(_with_units(reader(db_url), sel), sel)
     high = {"richness": "high", "coverage": "seen_64"}
-    # accuracy units (seed, problem): 1, .5, .5, 0 -> mean .5, sd sqrt(.5/3), se sd/2
+    # accuracy units (seed x problem) [[1, .5], [.5, 0]]: mean .5, residuals [[.5, 0], [0, -.5]]. Two-way clustered
+    # (ablate.stats): seeds 2/1 * (.5^2 + .5^2) / 16 = 1/16, problems the same, pairs 4/3 * .5 / 16 = 1/24 -> 1/12
     acc = _stat(a.cells, "in_domain", "accuracy", "trained", **high)
-    assert (acc["mean"], acc.se, acc.n, acc.runs) == pytest.approx((0.5, (0.5 / 3) ** 0.5 / 2, 4, 2))
-    # paired change: (1-.5, .5-0, .5-.5, 0-0) = .5, .5, 0, 0 -> mean .25, se sqrt(.25/3)/2
+    assert (acc["mean"], acc.se, acc.n, acc.runs) == pytest.approx((0.5, (1 / 12) ** 0.5, 4, 2))
+    # Satterthwaite's df is below 1 here and held at seeds - 1 = 1: t(1) = 12.706
+    assert (acc.low, acc.high) == pytest.approx((0.5 - 12.7062 * (1 / 12) ** 0.5, 0.5 + 12.7062 * (1 / 12) ** 0.5),
+                                                rel=1e-4)
+    # paired change [[.5, .5], [0, 0]]: mean .25; seeds 2 * (.5^2 + .5^2) / 16 = 1/16, problems 0, pairs
+    # 4/3 * .25 / 16 = 1/48 -> 1/24
     d = _stat(a.cells, "in_domain", "accuracy", "delta", **high)
-    assert (d["mean"], d.se) == pytest.approx((0.25, (0.25 / 3) ** 0.5 / 2))
+    assert (d["mean"], d.se) == pytest.approx((0.25, (1 / 24) ** 0.5))
     # length units 10, 20, 20, 20 vs base 15, 35 -> 17.5 and change (-5 - 15 + 5 - 15) / 4
     assert _stat(a.cells, "in_domain", "mean_length", "trained", **high)["mean"] == pytest.approx(17.5)
     assert _stat(a.cells, "in_domain", "mean_length", "delta", **high)["mean"] == pytest.approx(-7.5)
     assert _stat(a.cells, "in_domain", "markers_per_response", "delta", **high)["mean"] == pytest.approx(-1.0)
-    # per 1k tokens: 1000 * mean(markers) / mean(length) = 1000 * .5 / 17.5; se by linearisation
+    # per 1k tokens: 1000 * mean(markers) / mean(length) = 1000 * .5 / 17.5; se of the linearised units
     rate = _stat(a.cells, "in_domain", "markers_per_1k_tokens", "trained", **high)
     z = [1000 * (m - 0.5 / 17.5 * n) / 17.5 for m, n in ((0, 10), (1, 20), (1, 20), (0, 20))]
-    sd = (sum(x * x for x in z) / 3) ** 0.5
-    assert (rate["mean"], rate.se) == pytest.approx((1000 * 0.5 / 17.5, sd / 2))
+    assert (rate["mean"], rate.se) == pytest.approx((1000 * 0.5 / 17.5, stats.clustered(z, [0, 0, 1, 1],
+                                                                                         [1, 2, 1, 2]).se))
     rate_d = _stat(a.cells, "in_domain", "markers_per_1k_tokens", "delta", **high)
     assert rate_d["mean"] == pytest.approx(1000 * 0.5 / 17.5 - 1000 * 1.5 / 25)
-    # out-of-domain: ood1 units 1, 1, 1, 0 (.75 ± .25), ood2 0, 1, 0, 0 (.25 ± .25); mean of sets .5 ± sqrt(2)*.25/2
+    # ood1 units [[1, 1], [1, 0]]: .75; seeds 1/16, problems 1/16, pairs 4/3 * .75 / 16 = 1/16 -> se .25
     assert _stat(a.cells, "ood1", "accuracy", "trained", **high)[["mean", "se"]].tolist() == pytest.approx([0.75, 0.25])
+    # out-of-domain sets pooled, each problem once: seed 0 a1 a2 b1 b2 = 1 1 0 1, seed 1 = 1 0 0 0
     ood = _stat(a.cells, "ood_mean", "accuracy", "trained", **high)
-    assert (ood["mean"], ood.se, ood.n) == pytest.approx((0.5, 2 ** 0.5 * 0.25 / 2, 8))
-    # the starting model, each problem once: p1 .5, p2 0 -> .25 ± .25
+    pooled = stats.clustered([1, 1, 0, 1, 1, 0, 0, 0], [0] * 4 + [1] * 4, [1, 2, 3, 4] * 2)
+    assert (ood["mean"], ood.se, ood.n) == pytest.approx((0.5, pooled.se, 8))
+    # the starting model's one evaluation, each problem once: p1 .5, p2 0 -> .25 ± .25 (problems the only units)
     base = _stat(a.base, "in_domain", "accuracy", "base")
     assert (base["mean"], base.se, base.n) == pytest.approx((0.25, 0.25, 2))
-    # one seed: no spread over seeds, but the se over problems (as accuracy_stderr)
+    # one seed: no error bar (the seed-level error cannot be estimated)
     low = _stat(a.cells, "in_domain", "accuracy", "trained", richness="low", coverage="seen_64")
-    assert (low["mean"], low.se, low.runs) == pytest.approx((0.25, 0.25, 1))
+    assert low["mean"] == pytest.approx(0.25) and low.runs == 1 and pd.isna(low.se) and pd.isna(low.low)
     # marker words pooled over eval sets by samples: base (4 * 1 + 2 * .4) / 6; high: seeds (4/6) * .25, (4/6) * .75
     words = a.words.set_index(["richness", "word"]).value
     assert words[("base", "wait")] == pytest.approx(0.8)
     assert words[("high", "wait")] == pytest.approx((0.25 + 0.75) / 2 * 4 / 6)
     # the whole report on this backend too (subqueries, window function, date filter)
     html = report.build(reader(db_url), tmp_path, report.Selection(since=datetime(2000, 1, 1)), "db").read_text()
-    assert "0.500 ± 0.204" in html and "Δ +0.250 ± 0.144" in html and "<mark>wait</mark>" in html
+    half = 12.7062 * (1 / 12) ** 0.5
+    assert f"0.500 [{0.5 - half:.3f}, {0.5 + half:.3f}]" in html, html
+    assert "Δ +0.250 [" in html and "<mark>wait</mark>" in html
 
 
 def _with_units(eng, sel):  # the second loading step (see build)
@@ -178,16 +188,61 @@ def test_partial_grid_and_failed_cells_are_reported(grid):
         assert (path.parent / f"{path.stem}-{name}.svg").read_text().lstrip().startswith("<?xml")
 
 
-def test_empty_database_and_empty_selection(tmp_path, capsys):
+def _refused(argv: list[str], out: Path, capsys) -> str:
+    """main() exits 2 with one line on stderr and writes nothing: the line."""
+    assert report.main([*argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ablate report: ") and not captured.out, captured
+    assert not out.exists()  # no folder, no HTML, no figures
+    return err[0].removeprefix("ablate report: ")
+
+
+def test_empty_database_is_an_error(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     record.upgrade(url)
-    assert report.main(["--db", url, "--out", str(tmp_path / "out")]) == 0
-    html = Path(capsys.readouterr().out.strip()).read_text()
-    assert "No runs in the database" in html and "nothing to plot" in html.lower()
-    fill(url)
-    assert report.main(["--db", url, "--out", str(tmp_path / "out"), "--model", "nope", "--since", "2020-01-01"]) == 0
-    html = Path(capsys.readouterr().out.strip()).read_text()
-    assert "No runs match the selection" in html and "the database has 5 runs" in html
+    assert _refused(["--db", url], tmp_path / "out", capsys) == f"no runs in {url}; run a sweep first"
+    eng = record.engine(url)  # only a model build: no grid cell to report
+    record.end_run(eng, record.start_run(eng, sweep="b", config={}, seed=0, kind="build",
+                                         axes={"richness": "none", "coverage": "none", "model": "tiny",
+                                               "objective": "none"}), "completed")
+    assert _refused(["--db", url], tmp_path / "out", capsys) == f"no cell runs in {url} (kinds: build); run a sweep first"
+
+
+def test_a_selection_that_matches_nothing_says_what_exists(tmp_path, capsys):
+    """Each filter that matches no run alone is named with the values the database holds; filters that match only
+    apart name the one that emptied the selection. Nothing is written, the database is left as it was."""
+    path = tmp_path / "db.sqlite"
+    url = f"sqlite:///{path}"
+    fill(url, "A")
+    eng = record.engine(url)
+    record.end_run(eng, record.start_run(eng, sweep="C", config={"seed": 0}, seed=0,
+                                         axes={"richness": "low", "coverage": "seen_64", "model": "testbed",
+                                               "objective": "grpo"}), "failed", "x")
+    eng.dispose()
+    before = path.read_bytes()
+    cases = [(["--model", "nosuch"], "no runs with model 'nosuch'; models: testbed, tiny"),
+             (["--objective", "nope,none"], "no runs with objective 'nope' or 'none'; objectives: grpo, sdpo"),
+             (["--sweep", "multirun/2026-01-01/00-00-00"],
+              "no runs with sweep 'multirun/2026-01-01/00-00-00'; sweeps: A, C"),
+             (["--compare", "X", "Y"], "no runs with sweep 'X' or 'Y'; sweeps: A, C"),
+             (["--since", "2999-01-01"], "no runs started on or after 2999-01-01 00:00; runs started 20"),
+             (["--since", "2000-01-01", "--until", "2000-01-31"],
+              "no runs started on or after 2000-01-01 00:00 and before 2000-02-01 00:00; runs started 20"),
+             (["--sweep", "nope", "--model", "nosuch"],
+              "no runs with sweep 'nope' (sweeps: A, C) nor with model 'nosuch' (models: testbed, tiny)"),
+             (["--sweep", "A", "--model", "testbed"],
+              "no runs with model 'testbed' among those with sweep 'A'; their models: tiny"),
+             (["--sweep", "C", "--model", "testbed", "--objective", "sdpo"],
+              "no runs with objective 'sdpo' among those with sweep 'C', model 'testbed'; their objectives: grpo"),
+             (["--model", "tiny", "--until", "2000-01-01"],
+              "no runs started before 2000-01-02 00:00; runs started 20")]
+    for argv, message in cases:
+        line = _refused(["--db", url, *argv], tmp_path / "out", capsys)
+        assert line.startswith(message), (argv, line)
+    assert path.read_bytes() == before
+    with record.engine(url).connect() as conn:
+        assert conn.execute(sql_text("SELECT count(*) FROM runs")).scalar() == 6
 
 
 def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
@@ -207,9 +262,8 @@ def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
     assert diff[("low", "seen_64", "in_domain", "accuracy")] == pytest.approx(0.0)
     # date filters: --until takes a whole day
     assert report._date("2026-01-02", end=True) == datetime(2026, 1, 3)
-    assert report.main(["--db", url, "--out", out, "--until", "2000-01-01"]) == 0
-    assert "No runs match" in Path(capsys.readouterr().out.strip()).read_text()
     cases = [(["--db", f"sqlite:///{tmp_path / 'missing.sqlite'}"], "no such database file"),
+             (["--db", url, "--until", "2000-01-01"], "no runs started before 2000-01-02 00:00"),
              (["--db", url, "--compare", "A", "nope"], "--compare: no selected runs in sweep 'nope'; sweeps: A, B")]
     for argv, message in cases:
         assert report.main([*argv, "--out", out]) == 2

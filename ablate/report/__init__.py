@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ablate import record
-from ablate.query import QueryError, reader
+from ablate.query import QueryError, no_match, reader
 from ablate.report.analysis import analyse, analyse_runs, browser_cells, with_samples
 from ablate.report.html import highlight, render
 from ablate.report.load import Selection, load, load_examples, load_units, sweeps
@@ -43,12 +43,17 @@ def _stem(out: Path) -> str:
 
 def build(eng: Engine, out: Path, sel: Selection, db_label: str = "", db_url: str | None = None) -> Path:
     """Write the report for `sel` into `out`; returns the HTML file's path. With `db_url`, a search section covers
-    the hyperparameter studies beside that database (ablate/report/search.py)."""
+    the hyperparameter studies beside that database (ablate/report/search.py). A selection without runs raises
+    QueryError saying which filter emptied it, and nothing is written."""
     # The samples' GROUP BY runs in the database, without the GIL: meanwhile this thread loads the rest and
     # draws the figures that need no samples (matplotlib's import included).
     with ThreadPoolExecutor(1) as pool:
         units = pool.submit(load_units, eng, sel)
         data = load(eng, sel)
+        if data.runs.empty:  # before anything is written
+            raise QueryError(no_match(eng, db_label or "the database", {"sweep": sel.sweeps, "model": sel.models,
+                                      "objective": sel.objectives}, sel.since, sel.until, kinds=("cell",))
+                             or f"no runs match {sel.describe()}")
         absent = [s for s in sel.compare or () if s not in set(data.runs.sweep)]
         if absent:
             raise QueryError(f"--compare: no selected runs in sweep {', '.join(map(repr, absent))}; sweeps: "
