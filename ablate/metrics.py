@@ -28,14 +28,16 @@ class Metric:
     score: Callable[[dict], float] | None = None  # per-sample value from the scored sample, if not a field
     summary: bool = False           # a column of the one-screen run summary
     report: bool = True             # a table in the report
+    margin: float | None = None     # equivalence margin: a true difference smaller than this counts as none (a
+    #                                 "not significant" contrast is tested against it; declared before any run)
 
 
 METRICS = [
-    Metric("accuracy", "accuracy", 3, True, "correct", "problem_mean", summary=True),
+    Metric("accuracy", "accuracy", 3, True, "correct", "problem_mean", summary=True, margin=0.05),
     Metric("pass_at_k", "pass@k", 3, True, "correct", "problem_any", summary=True, report=False),
     Metric("exact_match", "exact match", 3, True, "exact_match", report=False),
-    Metric("mean_length", "mean length (tokens)", 1, None, "length", summary=True),
-    Metric("markers_per_response", "markers per response", 2, None, "markers", summary=True),
+    Metric("mean_length", "mean length (tokens)", 1, None, "length", summary=True, margin=5.0),
+    Metric("markers_per_response", "markers per response", 2, None, "markers", summary=True, margin=0.25),
     Metric("markers_per_1k_tokens", "markers per 1k tokens", 1, None, "markers", "rate", per="length", scale=1000.0),
 ]
 COUNTS = ("n_problems", "n_samples")  # stored beside the metrics; marker/<word> rows hold each word per response

@@ -274,7 +274,7 @@ def test_cli_filters_compare_and_errors(tmp_path, capsys, monkeypatch):
 
 def test_a_metric_added_to_the_registry_gets_its_table(tmp_path, monkeypatch):
     """A metric stored only as a per-evaluation aggregate (no column of samples) is reported per cell: mean over
-    runs ± se over runs, and its change from the starting model."""
+    runs with its interval over runs, and its change from the starting model."""
     long_share = metrics.Metric("long_share", "share over 5 tokens", 3, None, "length",
                                 score=lambda s: float(s["length"] > 5))
     monkeypatch.setattr(metrics, "METRICS", [*metrics.METRICS, long_share])
@@ -293,7 +293,8 @@ def test_a_metric_added_to_the_registry_gets_its_table(tmp_path, monkeypatch):
                                    "metrics": metrics.aggregate(samples, "in_domain")})
     html = report.build(reader(url), tmp_path / "out", report.Selection(), url).read_text()
     table = html.split("<h4>share over 5 tokens, all eval sets</h4>")[1].split("</table>")[0]
-    assert "0.750 ± 0.250" in table and "Δ +0.250 ± 0.250" in table and "n=2 · 2 seeds" in table
+    # runs are the units: se .25 over 2 seeds, t(1) = 12.706 -> half-width 3.177
+    assert "0.750 [-2.427, 3.927]" in table and "Δ +0.250 [-2.927, +3.427]" in table and "n=2 · 2 seeds" in table
     assert "starting model: 0.500 (n=1)" in html
 
 

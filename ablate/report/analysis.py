@@ -1,8 +1,9 @@
 """Aggregation: pure pandas on the loaded frames, no SQL and no HTML. Every standard error is ablate.stats'.
 
 Metrics come from the registry (ablate.metrics): one whose per-sample value is a column of the samples table is
-computed from per-problem units (a cell's mean over its seed x problem units, se over them); any other reported
-metric from its stored per-evaluation values (mean over runs, se over runs).
+computed from per-problem units (a cell's mean over its seed x problem units); any other reported metric from its
+stored per-evaluation values (one unit per run). Every interval is ablate.stats.clustered's: seeds the replication
+unit, problems a crossed second source of variance, changes paired by seed and problem.
 """
 
 import json
@@ -17,11 +18,11 @@ from ablate import directions, metrics
 from ablate.markers import PAPER_MARKERS
 from ablate.record import AXES
 from ablate.report.load import UNIT_VALUES, Data, Selection
-from ablate.stats import grouped_mean_se, quadrature
+from ablate.stats import clustered, grouped_mean_se
 from ablate.teacher import CONTENTS
 
 IN_DOMAIN, ALL, OOD = "in_domain", "all", "ood_mean"  # eval-set scopes: one set, all pooled, mean of the OOD sets
-STATS = ["g", "scope", "metric", "stage", "mean", "se", "n", "runs"]
+STATS = ["g", "scope", "metric", "stage", "mean", "se", "low", "high", "n", "runs"]
 BROWSER_CELLS = 48
 
 
@@ -152,10 +153,17 @@ def _values(df: pd.DataFrame, m: metrics.Metric, suffix: str = "") -> tuple[pd.S
     return (m.scale * mx / my).where(ok), (m.scale * (x - mx / my * df[m.per + suffix]) / my).where(ok)
 
 
-def _summary(df: pd.DataFrame, v: pd.Series, z: pd.Series, units: str) -> pd.DataFrame:
-    g = df.assign(v=v, z=z).groupby("g", sort=False)
-    s = grouped_mean_se(g.z)
-    return s.assign(mean=g.v.mean(), runs=g[units].nunique()).reset_index()
+def _summary(df: pd.DataFrame, v: pd.Series, z: pd.Series, units: str, by_seed: bool = True) -> pd.DataFrame:
+    """Per group `g`: the mean of `v` and, from `z` per seed x problem, its standard error and 95% interval
+    (stats.clustered; `by_seed` False: problems are the only units, as for the starting model's one evaluation).
+    `units` counts runs."""
+    out = []
+    for g, grp in df.assign(v=v, z=z).dropna(subset=["z"]).groupby("g", sort=False):
+        e = (clustered(grp.z, grp.seed, grp.pkey) if by_seed
+             else clustered(grp.z, grp.pkey, np.zeros(len(grp))))
+        mean, half = grp.v.mean(), e.high - e.estimate
+        out.append((g, mean, e.se, mean - half, mean + half, len(grp), grp[units].nunique()))
+    return pd.DataFrame(out, columns=["g", "mean", "se", "low", "high", "n", "runs"])
 
 
 def _scopes(rows: pd.DataFrame):
@@ -165,42 +173,34 @@ def _scopes(rows: pd.DataFrame):
             yield scope, rows[rows.eval_set == scope]
     # stored metrics bring their own pooled rows (a run's sets weighted by samples: runs stay the units)
     yield ALL, rows[rows.eval_set == ALL] if ALL in sets else rows
+    ood = [s for s in sets if s not in (IN_DOMAIN, ALL)]
+    if len(ood) > 1:  # the out-of-domain sets pooled, each problem once (= the mean of sets at equal sizes)
+        yield OOD, rows[rows.eval_set.isin(ood)]
 
 
-def stage_stats(rows: pd.DataFrame, ms: list[metrics.Metric], units: str = "run_id") -> pd.DataFrame:
-    """mean/se/n per group `g` x scope x metric (stage trained) and, where the starting model's values are
-    present (`*_b`), of the paired change (stage delta). `units` counts runs."""
+def stage_stats(rows: pd.DataFrame, ms: list[metrics.Metric], units: str = "run_id", by_seed: bool = True
+                ) -> pd.DataFrame:
+    """mean/se/95% interval per group `g` x scope x metric (stage trained) and, where the starting model's values
+    are present (`*_b`), of the change paired by problem (stage delta). `units` counts runs."""
     parts = []
     for scope, df in _scopes(rows):
         both = df[df.k_b.notna()] if "k_b" in df else df.iloc[0:0]
         for m in ms:
-            parts.append(_summary(df, *_values(df, m), units).assign(metric=m.name, stage="trained", scope=scope))
+            parts.append(_summary(df, *_values(df, m), units, by_seed).assign(metric=m.name, stage="trained",
+                                                                              scope=scope))
             if len(both):
                 (vt, zt), (vb, zb) = _values(both, m), _values(both, m, "_b")
-                parts.append(_summary(both, vt - vb, zt - zb, units).assign(metric=m.name, stage="delta",
-                                                                            scope=scope))
-    return with_ood_mean(pd.concat(parts, ignore_index=True)[STATS]) if parts else pd.DataFrame(columns=STATS)
-
-
-def with_ood_mean(stats: pd.DataFrame) -> pd.DataFrame:
-    """Add scope ood_mean: the mean of the out-of-domain sets' means, se = sqrt(sum se^2) / sets (the sets'
-    errors are independent: combined in quadrature, as stats.difference does)."""
-    ood = stats[~stats.scope.isin([IN_DOMAIN, ALL])]
-    if ood.empty:
-        return stats
-    ood = ood.assign(se2=ood.se ** 2, nan=ood.se.isna())
-    g = ood.groupby(["g", "metric", "stage"], sort=False)
-    mean = g.agg(mean=("mean", "mean"), se2=("se2", "sum"), nan=("nan", "any"), sets=("scope", "count"),
-                 n=("n", "sum"), runs=("runs", "max")).reset_index()
-    mean["se"] = (np.sqrt(mean.se2) / mean.sets).where(~mean.nan)
-    return pd.concat([stats, mean.assign(scope=OOD)[STATS]], ignore_index=True)
+                parts.append(_summary(both, vt - vb, zt - zb, units, by_seed).assign(metric=m.name, stage="delta",
+                                                                                      scope=scope))
+    return pd.concat(parts, ignore_index=True)[STATS] if parts else pd.DataFrame(columns=STATS)
 
 
 def _grouped(rows: pd.DataFrame, picked: pd.DataFrame, keys: list[str]):
     """`rows` with an integer group `g` per value of `keys` (looked up by run), and the keys of each g."""
     codes = picked.groupby(keys, sort=False).ngroup()
     lookup = picked[keys].assign(g=codes.values).drop_duplicates("g")
-    return rows.assign(g=rows.run_id.map(pd.Series(codes.values, index=picked.run_id.values))), lookup
+    return rows.assign(g=rows.run_id.map(pd.Series(codes.values, index=picked.run_id.values)),
+                       seed=rows.run_id.map(pd.Series(picked.seed.values, index=picked.run_id.values))), lookup
 
 
 def cell_stats(paired: pd.DataFrame, picked: pd.DataFrame, keys: list[str], ms) -> pd.DataFrame:
@@ -217,7 +217,7 @@ def base_stats(paired: pd.DataFrame, picked: pd.DataFrame, keys: list[str], ms) 
     values = [c for c in rows.columns if f"{c}_b" in rows.columns]
     rows = rows.drop_duplicates(["g", "base_evaluation_id", "pkey"]).drop(columns=values)
     rows = rows.rename(columns={f"{c}_b": c for c in values})
-    stats = stage_stats(rows, ms, units="base_evaluation_id")
+    stats = stage_stats(rows, ms, units="base_evaluation_id", by_seed=False)
     return stats.merge(lookup, on="g").drop(columns="g").assign(stage="base")
 
 
@@ -242,16 +242,30 @@ def marker_words(picked: pd.DataFrame, trained: pd.DataFrame, stored: pd.DataFra
     return pd.concat([b.assign(richness="base"), t], ignore_index=True)[cols]
 
 
-def compare(stats: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Trained values of sweep b minus sweep a per model x objective x cell (independent: se in quadrature, as
-    stats.difference)."""
-    keys = ["model", "objective", "richness", "coverage", "scope", "metric"]
-    t = stats[stats.stage == "trained"]
-    left, right = t[t.sweep == a].set_index(keys), t[t.sweep == b].set_index(keys)
-    both = left[["mean", "se", "n"]].merge(right[["mean", "se", "n"]], left_index=True, right_index=True,
-                                           suffixes=("_a", "_b"))
-    return both.assign(mean=both.mean_b - both.mean_a, se=quadrature(both.se_a, both.se_b),
-                       n=both.n_a + both.n_b).reset_index()
+def compare(sources: list, picked: pd.DataFrame, keys: list[str], a: str, b: str) -> pd.DataFrame:
+    """Trained values of sweep b minus sweep a per cell (`keys` without the sweep) x scope x metric, paired by seed
+    and problem (stats.clustered): columns keys, scope, metric, mean, se, low, high, n."""
+    cols = [*keys, "scope", "metric", "mean", "se", "low", "high", "n"]
+    out = []
+    for rows, ms in sources:
+        rows, lookup = _grouped(rows, picked, ["sweep", *keys])
+        rows = rows.merge(lookup, on="g")
+        for scope, df in _scopes(rows):
+            for m in ms:
+                v, z = _values(df, m)
+                d = df.assign(v=v, z=z)
+                left, right = d[d.sweep == a], d[d.sweep == b]
+                for cell, r in right.groupby(keys, sort=False):
+                    cell = cell if isinstance(cell, tuple) else (cell,)
+                    l = left[(left[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+                    if l.empty:
+                        continue
+                    p = directions.paired((1, r, "z"), (-1, l, "z"))
+                    e = clustered(p.d, p.seed, p.pkey)
+                    mean = r.v.mean() - l.v.mean()
+                    half = e.high - e.estimate
+                    out.append((*cell, scope, m.name, mean, e.se, mean - half, mean + half, e.n))
+    return pd.DataFrame(out, columns=cols)
 
 
 def curves(steps: pd.DataFrame, panel_keys: list[str]) -> pd.DataFrame:
@@ -341,8 +355,10 @@ def with_samples(a: Analysis, data: Data) -> Analysis:
                         stored))
     cells = pd.concat([cell_stats(rows, a.picked, keys, m) for rows, m in sources], ignore_index=True)
     base = pd.concat([base_stats(rows, a.picked, a.panel_keys, m) for rows, m in sources], ignore_index=True)
-    return replace(a, cells=cells, base=base,
-                   compared=compare(cells, *a.sel.compare) if a.sel.compare and not cells.empty else None,
+    compared = None
+    if a.sel.compare and not cells.empty:
+        compared = compare(sources, a.picked, ["model", "objective", "richness", "coverage"], *a.sel.compare)
+    return replace(a, cells=cells, base=base, compared=compared,
                    eval_sets=sorted(map(str, paired.eval_set.unique())),
                    directions=directions.check(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked),
                    dose=directions.dose(paired.assign(eval_set=paired.eval_set.astype(str)), a.picked))

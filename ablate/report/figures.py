@@ -48,10 +48,11 @@ def _palette(levels, name="tab10") -> dict:
 
 
 def _scatter(a: Analysis, x: tuple[str, str], y: tuple[str, str], frontier: bool):
-    """One point per cell: x and y = (scope, metric) of the trained model, bars ± se; a star per starting model."""
+    """One point per cell: x and y = (scope, metric) of the trained model, bars: 95% intervals; a star per starting
+    model."""
     keys = [*a.panel_keys, "richness", "coverage"]
     t = a.cells[a.cells.stage == "trained"]
-    at = lambda sm: t[(t.scope == sm[0]) & (t.metric == sm[1])].set_index(keys)[["mean", "se"]]
+    at = lambda sm: t[(t.scope == sm[0]) & (t.metric == sm[1])].set_index(keys)[["mean", "low", "high"]]
     df = at(x).merge(at(y), left_index=True, right_index=True, suffixes=("_x", "_y")).reset_index()
     df = df.dropna(subset=["mean_x", "mean_y"])
     if df.empty:
@@ -59,7 +60,8 @@ def _scatter(a: Analysis, x: tuple[str, str], y: tuple[str, str], frontier: bool
     df["panel"] = [_label(r, a.panel_keys) for _, r in df.iterrows()]
     fig, axes = _subplots(1, 1, 5.6, 4.2, right=1.8)
     ax = axes[0, 0]
-    ax.errorbar(df.mean_x, df.mean_y, xerr=df.se_x.fillna(0), yerr=df.se_y.fillna(0), fmt="none", ecolor="0.8",
+    bars = lambda v: np.vstack([(df[f"mean_{v}"] - df[f"low_{v}"]).fillna(0), (df[f"high_{v}"] - df[f"mean_{v}"]).fillna(0)])
+    ax.errorbar(df.mean_x, df.mean_y, xerr=bars("x"), yerr=bars("y"), fmt="none", ecolor="0.8",
                 elinewidth=0.8, zorder=1)
     sns.scatterplot(df, x="mean_x", y="mean_y", hue="richness", hue_order=order(a.levels, "richness", df.richness),
                     style="panel" if df.panel.nunique() > 1 else None, s=60, ax=ax, zorder=2)
@@ -133,7 +135,8 @@ def fig_richness(a: Analysis):
             for c_i, cov in enumerate(coverage):
                 row = d[d.coverage == cov].set_index("richness").reindex(richness)
                 x = np.arange(len(richness)) + (c_i - (len(coverage) - 1) / 2) * 0.06
-                ax.errorbar(x, row["mean"], yerr=row.se.fillna(0), marker="o", ms=4, capsize=2, lw=1.2,
+                bars = np.vstack([(row["mean"] - row.low).fillna(0), (row.high - row["mean"]).fillna(0)])
+                ax.errorbar(x, row["mean"], yerr=bars, marker="o", ms=4, capsize=2, lw=1.2,
                             color=colors[cov], label=cov)
             ax.axhline(0, color="0.5", lw=0.8)
             ax.set_xticks(range(len(richness)), richness)
@@ -167,9 +170,41 @@ def fig_marker_words(a: Analysis):
     return fig
 
 
+def _ci_bars(rows: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars [below, above] from the rows' 95% interval (none where there is no interval)."""
+    return np.vstack([(rows.estimate - rows.low).fillna(0).to_numpy(), (rows.high - rows.estimate).fillna(0).to_numpy()])
+
+
+def fig_seeds(a: Analysis):
+    """Per model x objective (a row) and direction (a column): each seed's own estimate as a dot above the pooled
+    estimate with its 95% interval, so a reader sees whether every seed agrees."""
+    d = a.directions.dropna(subset=["estimate"])
+    if d.empty:
+        return None
+    panels = _panels(d, ["model", "objective"])
+    numbers = list(dict.fromkeys(d.direction))
+    fig, axes = _subplots(len(panels), len(numbers), 2.5, 1.5, right=0.3)
+    for row, (_, p) in zip(axes, panels.iterrows()):
+        mine = d[(d.model == p.model) & (d.objective == p.objective)].set_index("direction")
+        for ax, number in zip(row, numbers):
+            ax.axvline(0, color="0.5", lw=0.8)
+            ax.set_yticks([0, 1], ["pooled", "seeds"] if ax is row[0] else ["", ""])
+            ax.set_ylim(-0.6, 1.6)
+            ax.set_title(f"({number}) {p.model} · {p.objective}" if ax is row[0] else f"({number})", fontsize=8,
+                         loc="left")
+            if number not in mine.index:
+                continue
+            r = mine.loc[number]
+            seeds = pd.Series(r.per_seed, dtype=float)
+            ax.scatter(seeds.values, np.ones(len(seeds)), s=14, color="tab:blue", zorder=3)
+            ax.errorbar([r.estimate], [0], xerr=_ci_bars(mine.loc[[number]]), fmt="D", ms=4, color="black",
+                        capsize=2, lw=1.2)
+    return fig
+
+
 def fig_dose(a: Analysis):
     """Direction 4 against the dose knob: one panel per self-distillation objective x baseline, one line per model
-    (the testbed beside its control), bars ± se."""
+    (the testbed beside its control), bars: 95% intervals."""
     d = a.dose[a.dose.eval_set != "trend"]
     if d.empty:
         return None
@@ -179,7 +214,7 @@ def fig_dose(a: Analysis):
     for ax, (_, p) in zip(axes[0], panels.iterrows()):
         mine = d[(d.objective == p.objective) & (d.baseline == p.baseline)]
         for model, line in mine.groupby("model"):
-            ax.errorbar(line.knob, line.estimate, yerr=line.se.fillna(0), marker="o", ms=4, capsize=2, lw=1.2,
+            ax.errorbar(line.knob, line.estimate, yerr=_ci_bars(line), marker="o", ms=4, capsize=2, lw=1.2,
                         color=colors[model], label=model)
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set(xlabel="dose: chance a move is hard (world carry)",
@@ -200,7 +235,7 @@ class Plot:
 
 FIGURES = [
     Plot("frontier", "Accuracy vs. length frontier",
-         "One point per cell (trained model, mean over seeds; bars ± se). Star: the starting model. Dashed: cells no "
+         "One point per cell (trained model, mean over seeds; bars: 95% intervals over seeds and problems). Star: the starting model. Dashed: cells no "
          "shorter cell beats on accuracy.", fig_frontier, samples=True),
     Plot("markers_ood", "Markers vs. out-of-domain accuracy",
          "One point per cell: epistemic markers per response and accuracy on the out-of-domain sets (mean of sets).",
@@ -209,11 +244,17 @@ FIGURES = [
          "rollout/reward, rollout/mean_length and rollout/markers_per_response per step: mean over coverage levels "
          "and seeds, band ± se.", fig_curves, samples=False),
     Plot("richness", "Richness effect per coverage level",
-         "Change from the starting model (trained − base) by richness, one line per coverage level, bars ± se.",
+         "Change from the starting model (trained − base, paired by problem) by richness, one line per coverage "
+         "level, bars: 95% intervals over seeds and problems.",
          fig_richness, samples=True),
+    Plot("seeds", "Do the seeds agree?",
+         "Per direction (a column) and model × objective (a row): each training seed's own paired estimate (dots) "
+         "above the pooled estimate with its 95% interval (diamond and bar). A verdict every seed supports has all "
+         "its dots on one side of zero.", fig_seeds, samples=True),
     Plot("dose", "Direction 4 against the dose",
          "Out-of-domain accuracy of self-distillation minus the teacherless baseline at the broadest coverage, per "
-         "eval suite by its share of hard moves (the world's carry knob), one line per model; bars ± se. The rule "
+         "eval suite by its share of hard moves (the world's carry knob), one line per model; bars: 95% intervals "
+         "(paired, two-way clustered over seeds and problems). The rule "
          "fixed in advance is in the table 'Direction 4 against the dose'.", fig_dose, samples=True),
     Plot("marker_words", "Which marker words disappear",
          "Each marker word per response: the starting model and the trained models by richness (mean over runs).",

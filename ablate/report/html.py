@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 
 from ablate import __version__
 from ablate.record import AXES
+from ablate.stats import FEW_SEEDS
 from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, marker_lexicon, order, reported, settings
 
 MAX_CHARS, MAX_LISTED, SHOWN_PER_EVALUATION = 4000, 200, 4
@@ -36,8 +37,11 @@ def num(v, digits: int, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def pm(mean, se, digits: int, sign: bool = False) -> str:
-    return num(mean, digits, sign) + ("" if se is None or pd.isna(se) else f" ± {se:.{digits}f}")
+def ci(estimate, low, high, digits: int, sign: bool = True) -> str:
+    """An estimate and its 95% interval: "+0.088 [-0.010, +0.186]" (no interval: the estimate alone)."""
+    if low is None or pd.isna(low):
+        return num(estimate, digits, sign)
+    return f"{num(estimate, digits, sign)} [{num(low, digits, sign)}, {num(high, digits, sign)}]"
 
 
 def trend(mean, digits: int, better: bool | None) -> str:
@@ -48,7 +52,7 @@ def trend(mean, digits: int, better: bool | None) -> str:
 
 ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-ENV.filters.update(highlight=highlight, num=num, pm=pm, trend=trend)
+ENV.filters.update(highlight=highlight, num=num, ci=ci, trend=trend)
 
 
 def first_line(error) -> str:
@@ -61,8 +65,8 @@ def _label(row, keys) -> str:
 
 
 def _index(stats: pd.DataFrame, keys: list[str]) -> dict:
-    """{(*keys, scope, metric, stage): {mean, se, n, runs}} for fast lookups while rendering."""
-    cols, values = [*keys, "scope", "metric", "stage"], ["mean", "se", "n", "runs"]
+    """{(*keys, scope, metric, stage): {mean, se, low, high, n, runs}} for fast lookups while rendering."""
+    cols, values = [*keys, "scope", "metric", "stage"], ["mean", "se", "low", "high", "n", "runs"]
     return {r[:len(cols)]: dict(zip(values, r[len(cols):]))
             for r in stats[[*cols, *values]].itertuples(index=False, name=None)}
 
@@ -140,7 +144,7 @@ def _compared(a: Analysis) -> list[dict]:
     richness, coverage = order(a.levels, "richness", c.richness), order(a.levels, "coverage", c.coverage)
     out = []
     for (model, objective), g in c.groupby(["model", "objective"]):
-        tables = [_grid(m, title, richness, coverage, {(r.richness, r.coverage): {"mean": r.mean, "se": r.se}
+        tables = [_grid(m, title, richness, coverage, {(r.richness, r.coverage): {"mean": r.mean, "low": r.low, "high": r.high}
                                                        for r in d.itertuples()})
                   for scope, m, title in _specs(a) if len(d := g[(g.scope == scope) & (g.metric == m.name)])]
         out.append({"title": f"{model} · {objective}", "tables": tables})
@@ -205,6 +209,18 @@ def _browser(a: Analysis, examples: pd.DataFrame, shown: pd.DataFrame, base_ids:
     return panels
 
 
+def few_seeds(a: Analysis) -> str:
+    """A warning when the directions' seed-level error rests on fewer than stats.FEW_SEEDS seeds."""
+    if a.directions.empty or not a.directions.seeds.gt(0).any():
+        return ""
+    fewest = int(a.directions.seeds[a.directions.seeds > 0].min())
+    if fewest >= FEW_SEEDS:
+        return ""
+    return (f"These verdicts rest on {fewest} seed{'s' * (fewest != 1)}: the seed-level error is estimated from "
+            f"{'one difference' if fewest == 2 else 'nothing'}, so the intervals are wide and the verdicts weak. "
+            f"Run at least {FEW_SEEDS} seeds (five for the paper's standard: seed=0,1,2,3,4).")
+
+
 def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataFrame, shown: pd.DataFrame,
            base_ids: dict, db_label: str, search: dict | None = None) -> str:
     """The page: `figs` drawn (with at most `figure_panels` rows), the examples of the runs `shown`, and the search
@@ -214,7 +230,8 @@ def render(a: Analysis, figs: list[dict], figure_panels: int, examples: pd.DataF
     return ENV.get_template("report.html.j2").render(
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__, db=db_label,
         selection=a.sel.describe(), total_runs=a.total_runs, h=_header(a) if len(a.runs) else None,
-        directions=a.directions.to_dict("records"), dose=a.dose.to_dict("records"), figures=figs, figure_panels=figure_panels,
+        directions=a.directions.to_dict("records"), dose=a.dose.to_dict("records"), few_seeds=few_seeds(a),
+        figures=figs, figure_panels=figure_panels,
         n_panels=len(a.picked[a.panel_keys].drop_duplicates()), panels=_panels(a), compared=_compared(a),
         compare_a=a.sel.compare[0] if a.sel.compare else "", compare_b=a.sel.compare[1] if a.sel.compare else "",
         browser=browser, browser_shown=sum(len(p["cells"]) for p in browser),
