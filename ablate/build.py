@@ -12,8 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import cell, check_stop, record
-from ablate import validate
+from ablate import cell, check_stop, record, validate
 
 
 def run(cfg: DictConfig, sweep: str = "adhoc", output_dir: str | None = None) -> str:

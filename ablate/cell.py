@@ -14,8 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import check_stop, metrics, record, stop_deferred  # light: torch, TRL load only when a cell runs
-from ablate import validate
+from ablate import check_stop, metrics, record, stop_deferred, validate  # light: torch, TRL load only when a cell runs
 
 # What an objective without a teacher (objective.context_source: null, e.g. grpo) records as its richness: every
 # richness level is then the same config hash, so a grid runs such a cell once and skips its other levels.

@@ -6,10 +6,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ablate import check_stop, engines, ranks
-from ablate.metrics import aggregate
-from ablate.problem import Problem
 from ablate.grading import exact_match, is_correct
 from ablate.markers import count_markers
+from ablate.metrics import aggregate
+from ablate.problem import Problem
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ from trl.experimental.sdpo.loss_utils import (
 )
 from trl.trainer.utils import selective_log_softmax
 
-
 # --- pure loss terms ---
 
 

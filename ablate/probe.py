@@ -21,8 +21,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import cell, check_stop, record
-from ablate import validate
+from ablate import cell, check_stop, record, validate
 
 EVAL_SET = "probe"
 

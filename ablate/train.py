@@ -18,9 +18,17 @@ from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder  # noqa: E402
 
 from ablate import check_stop, engines, grading, models, search, sft, teacher  # noqa: E402
-from ablate.objectives import (AntiSDConfig, AntiSDTrainer, EGRSDConfig, EGRSDTrainer, RLRTConfig,  # noqa: E402
-                               RLRTTrainer, VOPDConfig, VOPDTrainer)
 from ablate.markers import count_markers  # noqa: E402
+from ablate.objectives import (  # noqa: E402
+    AntiSDConfig,
+    AntiSDTrainer,
+    EGRSDConfig,
+    EGRSDTrainer,
+    RLRTConfig,
+    RLRTTrainer,
+    VOPDConfig,
+    VOPDTrainer,
+)
 from ablate.problem import Problem  # noqa: E402
 
 # Sent to SDPO as "environment feedback" so that, with richness none and a dataset source, every sample is

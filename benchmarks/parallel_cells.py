@@ -37,7 +37,7 @@ def machine() -> str:
 
 
 def load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def ablate(args: list[str], tmp: str) -> float:

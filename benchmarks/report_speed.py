@@ -23,8 +23,8 @@ from sqlalchemy import create_engine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ablate import record
-from ablate.markers import PAPER_MARKERS, count_markers
+from ablate import record  # noqa: E402
+from ablate.markers import PAPER_MARKERS, count_markers  # noqa: E402
 
 MODELS, OBJECTIVES = ("tiny", "qwen3_1_7b"), ("sdpo", "grpo")
 RICHNESS = ("none", "low", "medium", "high", "reference")

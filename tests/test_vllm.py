@@ -11,7 +11,6 @@ import sqlite3
 
 import pytest
 import torch
-
 from hydra import compose, initialize_config_dir
 
 from ablate import cell, engines, probe
