@@ -7,6 +7,8 @@
 4.  with broad coverage, OOD accuracy falls below GRPO;  (self-distillation - GRPO at the most problems)
 4b. the OOD cost grows with coverage (the paper's claim is about coverage): (self-distillation - GRPO at the most
     problems) - (self-distillation - GRPO at the fewest), out-of-domain sets.
+1c. a predicted null, the control: with no context (richness=none) markers per response stay where they were
+    (trained - starting model, all eval sets): "equivalent" is the expected verdict, "differs" a broken control.
 
 Every contrast is paired: the arms are matched by training seed and by (eval set, problem), each arm's runs of one
 seed averaged first (pooled over the axes the comparison does not name). ablate.stats.clustered gives the estimate,
@@ -34,6 +36,7 @@ CLAIMS = {
     "3": ("with narrow coverage, in-domain accuracy rises under self-distillation", +1, "correct"),
     "4": ("with broad coverage, out-of-domain accuracy under self-distillation falls below GRPO's", -1, "correct"),
     "4b": ("self-distillation's out-of-domain cost against GRPO grows with coverage", -1, "correct"),
+    "1c": ("control: with no context (richness=none), markers per response do not change", 0, "markers"),
 }
 COLUMNS = ["model", "objective", "direction", "claim", "comparison", "estimate", "se", "low", "high", "df", "p",
            "p_holm", "mde", "margin", "seeds", "problems", "n", "per_seed", "family", "verdict"]
@@ -143,6 +146,9 @@ def check(rows: pd.DataFrame, runs: pd.DataFrame, margin: dict | None = None) ->
                     out.append(_absent(number, "needs richness=none and a richer level"))
                 else:
                     out.append(_row(number, contrast((1, richest, col), (-1, control, col)), label, margin))
+            if "markers_b" in control and not control.empty:
+                out.append(_row("1c", contrast((1, control, "markers"), (-1, control, "markers_b")),
+                                f"{objective}: richness none, trained - starting model, all eval sets", margin))
             two_levels = with_context.unique.nunique() >= 2
             narrow = with_context[with_context.unique == with_context.unique.min()]
             ind = narrow[narrow.eval_set == IN_DOMAIN]

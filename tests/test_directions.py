@@ -1,6 +1,5 @@
 """The directions check: hand-made cells with known differences get the verdicts the fixed rule gives."""
 
-import math
 
 import pandas as pd
 import pytest
@@ -30,7 +29,7 @@ def _runs(seeds=(0, 1, 2)):
     return pd.DataFrame(runs)
 
 
-def _rows(runs, markers, length, correct, noise=0.01):
+def _rows(runs, markers, length, correct, noise=0.01, markers_b=2.0):
     """20 problems per run and eval set; value functions of the run give each unit's mean, plus noise that varies
     with the problem and the run (so that seeds disagree a little)."""
     out = []
@@ -40,7 +39,7 @@ def _rows(runs, markers, length, correct, noise=0.01):
                 e = noise * ((i * 7 + r.run_id * 3) % 5 - 2)
                 out.append({"run_id": r.run_id, "eval_set": eval_set, "problem_id": str(i),
                             "markers": markers(r) + e, "length": length(r) + e, "correct": correct(r, eval_set) + e,
-                            "correct_b": 0.5})
+                            "correct_b": 0.5, "markers_b": markers_b + noise * ((i * 3) % 5 - 2)})
     return pd.DataFrame(out)
 
 
@@ -51,8 +50,10 @@ def test_a_sweep_built_to_show_all_four_directions_gets_holds():
                  correct=lambda r, s: 0.7 if (r.coverage, s) == ("narrow", "in_domain") else
                  (0.3 if r.objective == "sdpo" else 0.5))
     found = directions.check(rows, runs).set_index("direction")
-    assert list(found.index) == ["1", "2", "3", "4", "4b"]
-    assert list(found.verdict[:4]) == ["holds"] * 4, found[["comparison", "estimate", "se", "verdict"]]
+    assert list(found.index) == ["1", "2", "1c", "3", "4", "4b"]
+    # the control: richness none keeps the starting model's 2.0 markers
+    assert found.loc["1c", "estimate"] == pytest.approx(0.0, abs=0.01) and found.loc["1c", "verdict"] == "equivalent"
+    assert list(found.verdict[["1", "2", "3", "4"]]) == ["holds"] * 4, found[["comparison", "estimate", "se", "verdict"]]
     assert found.loc["1", "estimate"] == pytest.approx(-1.0, abs=0.01)  # high (1.0) - none (2.0)
     assert found.loc["2", "estimate"] == pytest.approx(-20.0, abs=0.01)
     assert found.loc["3", "estimate"] == pytest.approx(0.2, abs=0.01)   # 0.7 trained - 0.5 starting model, narrow
@@ -60,7 +61,7 @@ def test_a_sweep_built_to_show_all_four_directions_gets_holds():
     assert "coverage=broad" in found.loc["4", "comparison"]
     # sdpo - grpo is -0.2 at both coverages: the interaction is 0, and within the accuracy margin
     assert found.loc["4b", "estimate"] == pytest.approx(0.0, abs=0.01) and found.loc["4b", "verdict"] == "equivalent"
-    assert (found.seeds == 3).all() and (found.family == 5).all()
+    assert (found.seeds == 3).all() and (found.family == 6).all()
     assert set(found.loc["1", "per_seed"]) == {0, 1, 2}
     assert (found.low < found.estimate).all() and (found.estimate < found.high).all()
     assert (found.p_holm >= found.p).all()
@@ -73,6 +74,13 @@ def test_the_interaction_row_is_the_coverage_difference_of_the_gap():
                  correct=lambda r, s: 0.3 if (r.objective, r.coverage) == ("sdpo", "broad") else 0.5)
     found = directions.check(rows, runs).set_index("direction")
     assert found.loc["4b", "estimate"] == pytest.approx(-0.2, abs=0.01) and found.loc["4b", "verdict"] == "holds"
+
+
+def test_a_control_that_moves_differs():
+    runs = _runs()
+    rows = _rows(runs, markers=lambda r: 1.0, length=lambda r: 50, correct=lambda r, s: 0.5, markers_b=2.0)
+    found = directions.check(rows, runs).set_index("direction")
+    assert found.loc["1c", "estimate"] == pytest.approx(-1.0, abs=0.01) and found.loc["1c", "verdict"] == "differs"
 
 
 def test_one_seed_gives_no_error_bar_never_holds():
@@ -100,7 +108,7 @@ def test_missing_axes_are_not_measured():
     runs = runs[(runs.coverage == "narrow") & (runs.objective == "sdpo") & (runs.richness != "none")]
     rows = _rows(runs, lambda r: 1.0, lambda r: 50, lambda r, s: 0.5)
     found = directions.check(rows, runs)
-    assert list(found.verdict) == ["not measured"] * 5
+    assert list(found.verdict) == ["not measured"] * 5  # (no richness=none: no control row either)
     assert directions.check(pd.DataFrame(), pd.DataFrame()).empty
 
 

@@ -257,12 +257,12 @@ def compare(sources: list, picked: pd.DataFrame, keys: list[str], a: str, b: str
                 left, right = d[d.sweep == a], d[d.sweep == b]
                 for cell, r in right.groupby(keys, sort=False):
                     cell = cell if isinstance(cell, tuple) else (cell,)
-                    l = left[(left[keys] == pd.Series(cell, index=keys)).all(axis=1)]
-                    if l.empty:
+                    before = left[(left[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+                    if before.empty:
                         continue
-                    p = directions.paired((1, r, "z"), (-1, l, "z"))
+                    p = directions.paired((1, r, "z"), (-1, before, "z"))
                     e = clustered(p.d, p.seed, p.pkey)
-                    mean = r.v.mean() - l.v.mean()
+                    mean = r.v.mean() - before.v.mean()
                     half = e.high - e.estimate
                     out.append((*cell, scope, m.name, mean, e.se, mean - half, mean + half, e.n))
     return pd.DataFrame(out, columns=cols)

@@ -235,8 +235,8 @@ class Plot:
 
 FIGURES = [
     Plot("frontier", "Accuracy vs. length frontier",
-         "One point per cell (trained model, mean over seeds; bars: 95% intervals over seeds and problems). Star: the starting model. Dashed: cells no "
-         "shorter cell beats on accuracy.", fig_frontier, samples=True),
+         "One point per cell (trained model, mean over seeds; bars: 95% intervals over seeds and problems). Star: "
+         "the starting model. Dashed: cells no shorter cell beats on accuracy.", fig_frontier, samples=True),
     Plot("markers_ood", "Markers vs. out-of-domain accuracy",
          "One point per cell: epistemic markers per response and accuracy on the out-of-domain sets (mean of sets).",
          fig_markers_ood, samples=True),

@@ -13,8 +13,8 @@ from markupsafe import Markup, escape
 
 from ablate import __version__
 from ablate.record import AXES
-from ablate.stats import FEW_SEEDS
 from ablate.report.analysis import ALL, IN_DOMAIN, OOD, Analysis, marker_lexicon, order, reported, settings
+from ablate.stats import FEW_SEEDS
 
 MAX_CHARS, MAX_LISTED, SHOWN_PER_EVALUATION = 4000, 200, 4
 
