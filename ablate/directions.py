@@ -12,7 +12,7 @@
 
 Every contrast is paired: the arms are matched by training seed and by (eval set, problem), each arm's runs of one
 seed averaged first (pooled over the axes the comparison does not name). ablate.stats.clustered gives the estimate,
-its 95% interval (two-way cluster-robust over seeds and problems, t on min(seeds, problems) - 1 df), the per-seed
+its 95% interval (two-way cluster-robust over seeds and problems, each share with its own t), the per-seed
 values and the minimum detectable effect. The rule is fixed before any result is seen (ablate.stats.verdict):
 Holm's correction over the family (the rows of one model x objective), "holds"/"opposite" only when the adjusted p
 is below ALPHA, otherwise an equivalence test against the metric's declared margin (ablate.metrics: accuracy 0.05,

@@ -4,9 +4,9 @@ The unit of replication of a training study is the training run, named by its se
 share that seed's draws, and every cell is scored on the same problems. So a contrast between arms is paired by
 seed and by (eval set, problem), and its standard error has two crossed sources of variance: seeds and problems.
 `clustered` fits the contrast by least squares with a two-way cluster-robust covariance (Cameron, Gelbach & Miller
-2011, each way's cluster covariance from statsmodels) and reads it with a t distribution on G - 1 degrees of
-freedom for each way, combined by Satterthwaite, so that two seeds give the wide interval two seeds deserve when
-the seeds disagree, and the problems' many degrees of freedom count where the problems carry the variance.
+2011, each way's cluster covariance from statsmodels) and reads each share of it with the t of its own degrees of
+freedom (Banerjee's interval): what the seeds carry on seeds - 1, what the problems add on problems - 1, so that
+two seeds that disagree give the wide interval two seeds deserve (docs/statistics.md; benchmarks/calibration.py).
 
 Verdicts (`verdict`) are fixed before any result is seen: a prediction "holds" or is "opposite" only when the
 test rejects zero at ALPHA (after Holm's correction over the family it belongs to); a result that does not
@@ -52,7 +52,7 @@ class Estimate:
 
     estimate: float
     se: float = math.nan          # NaN: no error bar (one seed); 0: no variance at all
-    df: float = math.nan          # t degrees of freedom (Satterthwaite over the seed and problem ways)
+    df: float = math.nan          # effective t degrees of freedom, between seeds - 1 and problems - 1
     low: float = math.nan         # the (1 - ALPHA) confidence interval
     high: float = math.nan
     p: float = math.nan           # two-sided p of estimate = 0
@@ -69,8 +69,7 @@ class Estimate:
 
 def clustered(d, seed, problem, x=None, alpha: float = ALPHA) -> Estimate:
     """The mean of `d` (with `x`: the slope of d on x) over (seed, problem) pairs, with a two-way cluster-robust
-    standard error over seeds and problems, a t interval on Satterthwaite's degrees of freedom (between seeds - 1
-    and seeds + problems - 2), the
+    standard error over seeds and problems, Banerjee's interval (each share with the t of its own G - 1 df), the
     two-sided p of zero and the minimum detectable effect at POWER. `d` holds one value per seed x problem (a
     paired contrast: arms matched by seed and problem). With one problem, seeds are the only clusters; with one
     seed there is no error bar (se NaN)."""
@@ -96,19 +95,19 @@ def clustered(d, seed, problem, x=None, alpha: float = ALPHA) -> Estimate:
             warnings.simplefilter("ignore")  # statsmodels warns on few clusters: the t below is the answer to that
             return float(model.fit(cov_type="cluster", cov_kwds={"groups": groups}).cov_params()[k, k])
 
-    v_seed = variance(codes["seed"])
+    v_seed, v_problem = variance(codes["seed"]), 0.0
     if problems > 1:
         # two-way: V_seed + V_problem - V_pair (statsmodels' two-way groups give the same sum), each way with its
-        # own G / (G - 1) correction; Satterthwaite's degrees of freedom weigh each way's G - 1 by its share
-        v_problem, v_pair = variance(codes["problem"]), variance(np.arange(len(df)))
-        var = v_seed + v_problem - v_pair
-        if not var > 0:  # the sum can fall to or below 0: keep the larger one-way variance
-            var = max(v_seed, v_problem)
-        parts = [(v_seed, seeds - 1), (v_problem, problems - 1)]
-        dof = var ** 2 / sum(v ** 2 / g for v, g in parts) if var > 0 else seeds - 1.0
-        dof = float(min(max(dof, seeds - 1), seeds + problems - 2))
-    else:
-        var, dof = v_seed, float(seeds - 1)
+        # own G / (G - 1) correction; never below either one-way variance (Cameron, Gelbach & Miller's fallback
+        # where the sum is not positive). What the seeds do not carry is the problems' share.
+        one_way, pair = variance(codes["problem"]), variance(np.arange(len(df)))
+        v_problem = max(v_seed + one_way - pair, v_seed, one_way) - v_seed
+    var = v_seed + v_problem
+    # Banerjee's conservative interval for a sum of variance components (the Behrens-Fisher problem): each share
+    # gets the t quantile of its own G - 1 degrees of freedom, half-width sqrt(sum t_g^2 v_g); the degrees of
+    # freedom reported (and used for p, TOST and the MDE) are those whose t quantile gives the same half-width
+    parts = [(v_seed, seeds - 1), (v_problem, problems - 1)] if v_problem > 0 else [(v_seed, seeds - 1)]
+    dof = _effective_df(parts, alpha) if var > 0 else float(seeds - 1)
     # rounding leaves ~1e-17 where there is no variance at all: that is no error bar, not a tiny one
     se = math.sqrt(var) if var > (1e-9 * max(1.0, float(df.d.abs().max()))) ** 2 else 0.0
     if se == 0:
@@ -117,6 +116,18 @@ def clustered(d, seed, problem, x=None, alpha: float = ALPHA) -> Estimate:
     return Estimate(estimate, se=se, df=dof, low=float(estimate - q * se), high=float(estimate + q * se),
                     p=float(2 * st.t.sf(abs(estimate) / se, dof)), mde=mde(se, dof, alpha), seeds=seeds,
                     problems=problems, n=len(df), per_seed=per_seed)
+
+
+def _effective_df(parts: list[tuple[float, int]], alpha: float) -> float:
+    """The df whose (1 - alpha/2) t quantile equals sqrt(sum q_g^2 v_g / sum v_g), q_g the quantile on g df."""
+    quantile = lambda g: st.t.ppf(1 - alpha / 2, g)  # noqa: E731
+    q = math.sqrt(sum(v * quantile(g) ** 2 for v, g in parts) / sum(v for v, _ in parts))
+    lo, hi = min(g for _, g in parts), max(g for _, g in parts)
+    if q >= quantile(lo) or lo == hi:
+        return float(lo)
+    if q <= quantile(hi):
+        return float(hi)
+    return float(brentq(lambda g: quantile(g) - q, lo, hi))
 
 
 def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -110,17 +110,17 @@ def test_cell_statistics_match_hand_computed_values(db_url, tmp_path):
     sel = report.Selection()
     a = report.analyse(_with_units(reader(db_url), sel), sel)
     high = {"richness": "high", "coverage": "seen_64"}
-    # accuracy units (seed x problem) [[1, .5], [.5, 0]]: mean .5, residuals [[.5, 0], [0, -.5]]. Two-way clustered
-    # (ablate.stats): seeds 2/1 * (.5^2 + .5^2) / 16 = 1/16, problems the same, pairs 4/3 * .5 / 16 = 1/24 -> 1/12
+    # accuracy units (seed x problem) [[1, .5], [.5, 0]]: mean .5, residuals [[.5, 0], [0, -.5]]. Cluster-robust
+    # (ablate.stats): seeds 2/1 * (.5^2 + .5^2) / 16 = 1/16; problems the same less the pairs' 4/3 * .5 / 16 = 1/24
     acc = _stat(a.cells, "in_domain", "accuracy", "trained", **high)
-    assert (acc["mean"], acc.se, acc.n, acc.runs) == pytest.approx((0.5, (1 / 12) ** 0.5, 4, 2))
-    # Satterthwaite's df is below 1 here and held at seeds - 1 = 1: t(1) = 12.706
+    assert (acc["mean"], acc.se, acc.n, acc.runs) == pytest.approx((0.5, (1 / 16 + 1 / 48) ** 0.5, 4, 2))
+    # 2 seeds and 2 problems: both shares on 1 df, t = 12.706
     assert (acc.low, acc.high) == pytest.approx((0.5 - 12.7062 * (1 / 12) ** 0.5, 0.5 + 12.7062 * (1 / 12) ** 0.5),
                                                 rel=1e-4)
-    # paired change [[.5, .5], [0, 0]]: mean .25; seeds 2 * (.5^2 + .5^2) / 16 = 1/16, problems 0, pairs
-    # 4/3 * .25 / 16 = 1/48 -> 1/24
+    # paired change [[.5, .5], [0, 0]]: mean .25; seeds 2 * (.5^2 + .5^2) / 16 = 1/16, problems 0 (less the pairs:
+    # nothing)
     d = _stat(a.cells, "in_domain", "accuracy", "delta", **high)
-    assert (d["mean"], d.se) == pytest.approx((0.25, (1 / 24) ** 0.5))
+    assert (d["mean"], d.se) == pytest.approx((0.25, 0.25))
     # length units 10, 20, 20, 20 vs base 15, 35 -> 17.5 and change (-5 - 15 + 5 - 15) / 4
     assert _stat(a.cells, "in_domain", "mean_length", "trained", **high)["mean"] == pytest.approx(17.5)
     assert _stat(a.cells, "in_domain", "mean_length", "delta", **high)["mean"] == pytest.approx(-7.5)
@@ -132,7 +132,7 @@ def test_cell_statistics_match_hand_computed_values(db_url, tmp_path):
                                                                                          [1, 2, 1, 2]).se))
     rate_d = _stat(a.cells, "in_domain", "markers_per_1k_tokens", "delta", **high)
     assert rate_d["mean"] == pytest.approx(1000 * 0.5 / 17.5 - 1000 * 1.5 / 25)
-    # ood1 units [[1, 1], [1, 0]]: .75; seeds 1/16, problems 1/16, pairs 4/3 * .75 / 16 = 1/16 -> se .25
+    # ood1 units [[1, 1], [1, 0]]: .75; seeds 1/16, problems 1/16 less pairs 4/3 * .75 / 16 = 1/16 -> se .25
     assert _stat(a.cells, "ood1", "accuracy", "trained", **high)[["mean", "se"]].tolist() == pytest.approx([0.75, 0.25])
     # out-of-domain sets pooled, each problem once: seed 0 a1 a2 b1 b2 = 1 1 0 1, seed 1 = 1 0 0 0
     ood = _stat(a.cells, "ood_mean", "accuracy", "trained", **high)

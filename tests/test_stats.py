@@ -37,13 +37,14 @@ def test_the_paired_two_way_estimate_matches_the_hand_computation():
     #   seeds:    sums over problems 4 a_s = (-4, 0, 4):             3/2 * 32 / 144 = 1/3
     #   problems: sums over seeds 3 b_p = (-4.5, -1.5, 1.5, 4.5):   4/3 * 45 / 144 = 5/12
     #   pairs:    sum of e_sp^2 = 4 * 2 + 3 * 5 = 23:               12/11 * 23 / 144
-    var = 1 / 3 + 5 / 12 - 12 / 11 * 23 / 144
+    v_seed, v_problem = 1 / 3, 5 / 12 - 12 / 11 * 23 / 144  # the pair term comes out of the problems' share
     assert e.estimate == pytest.approx(0.5)
-    assert e.se == pytest.approx(math.sqrt(var))
-    # Satterthwaite: var^2 / ((1/3)^2 / 2 + (5/12)^2 / 3)
-    assert e.df == pytest.approx(var**2 / ((1 / 3) ** 2 / 2 + (5 / 12) ** 2 / 3))
-    half = student.ppf(0.975, e.df) * e.se
+    assert e.se == pytest.approx(math.sqrt(v_seed + v_problem))
+    # Banerjee: each share with the t quantile of its own G - 1 df (seeds 2, problems 3)
+    half = math.sqrt(student.ppf(0.975, 2) ** 2 * v_seed + student.ppf(0.975, 3) ** 2 * v_problem)
     assert (e.low, e.high) == pytest.approx((0.5 - half, 0.5 + half))
+    # the df reported is the one whose quantile gives that half-width: between 2 and 3
+    assert 2 < e.df < 3 and student.ppf(0.975, e.df) * e.se == pytest.approx(half)
     assert e.per_seed == pytest.approx({0: -0.5, 1: 0.5, 2: 1.5})  # 0.5 + a_s: each seed's mean over problems
     assert (e.seeds, e.problems, e.n) == (3, 4, 12)
 
