@@ -54,7 +54,7 @@ ROWS = [
     (["query", "--db", "{db}", "sql", "VACUUM INTO '{tmp}/y.db'"], 2,
      ["ablate query: read-only: ATTACH and VACUUM INTO"]),
     (["query", "sql", "SELECT count(*) AS n_runs FROM runs", "--db", "{db}"], 0, "n_runs"),  # --db after the subcommand
-    (["query", "runs", "--db", "{db}", "status=completed"], 0, "Empty DataFrame"),
+    (["query", "runs", "--db", "{db}", "status=completed"], 2, ["ablate query: no runs in {db}; run a sweep first"]),
     (["query", "--db", "garbage://x", "runs"], 2, ["ablate query: --db garbage://x: SQLAlchemy cannot open it"]),
 ]
 

@@ -332,7 +332,7 @@ def test_report_renders_in_headless_chromium(grid, tmp_path):
     _, path, html = grid
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing fetched: opens offline
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 5
+    assert len(images) == 6  # every figure the sweep has data for, "Do the seeds agree?" included
     for data in images:
         assert _not_blank(Image.open(io.BytesIO(base64.b64decode(data))))
     shot = tmp_path / "shot.png"
@@ -344,5 +344,5 @@ def test_report_renders_in_headless_chromium(grid, tmp_path):
         assert not re.search(r"Uncaught|CONSOLE\(", log), log[-2000:]
     assert dom.stdout.count("<table") >= 10 and "<mark>wait</mark>" in dom.stdout
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom.stdout and "<script>alert" not in dom.stdout
-    assert dom.stdout.count("<img") == 5
+    assert dom.stdout.count("<img") == len(images)
     shutil.rmtree(tmp_path / "profile1", ignore_errors=True)

@@ -32,6 +32,15 @@ from ablate.report.search import section as search_section
 __all__ = ["Selection", "analyse", "build", "highlight", "load", "load_examples", "load_units", "main"]
 
 
+def _studies(db_url: str) -> list[str]:
+    from ablate import search
+
+    try:
+        return search.studies(search.storage_url(db_url))
+    except search.SearchError:
+        return []
+
+
 def _stem(out: Path) -> str:
     stem = first = "report-" + datetime.now().strftime("%Y%m%d-%H%M%S")
     n = 1
@@ -50,7 +59,8 @@ def build(eng: Engine, out: Path, sel: Selection, db_label: str = "", db_url: st
     with ThreadPoolExecutor(1) as pool:
         units = pool.submit(load_units, eng, sel)
         data = load(eng, sel)
-        if data.runs.empty:  # before anything is written
+        search_only = data.runs.empty and db_url and sel.describe() == "all runs" and _studies(db_url)
+        if data.runs.empty and not search_only:  # before anything is written; a search alone has its section
             raise QueryError(no_match(eng, db_label or "the database", {"sweep": sel.sweeps, "model": sel.models,
                                       "objective": sel.objectives}, sel.since, sel.until, kinds=("cell",))
                              or f"no runs match {sel.describe()}")
